@@ -1,0 +1,242 @@
+package batch
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+var paths = []Path{PathFast, PathPortable}
+
+// listen opens a Conn on addr for the test and closes it afterwards.
+func listen(t *testing.T, cfg Config) Conn {
+	t.Helper()
+	c, err := Listen(cfg)
+	if err != nil {
+		t.Fatalf("Listen(%+v): %v", cfg, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// dialFrom returns a client socket of the given family.
+func dialClient(t *testing.T, network string, to netip.AddrPort) *net.UDPConn {
+	t.Helper()
+	c, err := net.DialUDP(network, nil, net.UDPAddrFromAddrPort(to))
+	if err != nil {
+		t.Skipf("no %s loopback: %v", network, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	return c
+}
+
+func TestEcho(t *testing.T) {
+	for _, path := range paths {
+		for _, tc := range []struct{ network, bind, dst string }{
+			{"udp4", "0.0.0.0:0", "127.0.0.1"},
+			{"udp4", "127.0.0.1:0", "127.0.0.1"},
+			{"udp6", "[::]:0", "::1"},
+		} {
+			t.Run(fmt.Sprintf("%v/%s", path, tc.bind), func(t *testing.T) {
+				srv := listen(t, Config{Address: netip.MustParseAddrPort(tc.bind), Path: path, BatchSize: 8})
+				info := srv.Info()
+				if info.Path != path || !info.Timestamps {
+					t.Errorf("Info = %+v, want path %v with timestamps", info, path)
+				}
+				wildcard := netip.MustParseAddrPort(tc.bind).Addr().IsUnspecified()
+				if info.PacketInfo != wildcard {
+					t.Errorf("PacketInfo = %v on bind %s", info.PacketInfo, tc.bind)
+				}
+				dst := netip.AddrPortFrom(netip.MustParseAddr(tc.dst), srv.LocalAddr().Port())
+				const count = 5
+				clients := make([]*net.UDPConn, count)
+				before := time.Now()
+				for i := range clients {
+					clients[i] = dialClient(t, tc.network, dst)
+					if _, err := clients[i].Write([]byte(fmt.Sprintf("ping %d", i))); err != nil {
+						t.Fatal(err)
+					}
+				}
+				msgs := NewMessages(8, 64)
+				got := 0
+				for got < count {
+					n, err := srv.ReadBatch(msgs[got:])
+					if err != nil {
+						t.Fatalf("ReadBatch: %v", err)
+					}
+					got += n
+				}
+				after := time.Now()
+				for _, m := range msgs[:got] {
+					if m.Received.Before(before.Add(-time.Millisecond)) || m.Received.After(after) {
+						t.Errorf("receive time %v outside [%v, %v]", m.Received, before, after)
+					}
+					if wildcard && m.Local != dst.Addr() {
+						t.Errorf("Local = %v, want %v", m.Local, dst.Addr())
+					}
+					if m.Peer.Addr() != dst.Addr() || m.Flags != 0 {
+						t.Errorf("Peer = %v, Flags = %v", m.Peer, m.Flags)
+					}
+					copy(m.Buffer, "pong")
+				}
+				sent, err := srv.WriteBatch(msgs[:got])
+				if err != nil || sent != got {
+					t.Fatalf("WriteBatch = %d, %v; want %d", sent, err, got)
+				}
+				for i, c := range clients {
+					buf := make([]byte, 64)
+					n, err := c.Read(buf)
+					if err != nil {
+						t.Fatalf("client %d: %v", i, err)
+					}
+					if want := fmt.Sprintf("pong %d", i); string(buf[:n]) != want {
+						t.Errorf("client %d got %q, want %q", i, buf[:n], want)
+					}
+				}
+			})
+		}
+	}
+}
+
+func TestTruncatedDatagram(t *testing.T) {
+	for _, path := range paths {
+		t.Run(path.String(), func(t *testing.T) {
+			srv := listen(t, Config{Address: netip.MustParseAddrPort("127.0.0.1:0"), Path: path})
+			c := dialClient(t, "udp4", srv.LocalAddr())
+			c.Write(make([]byte, 100))
+			msgs := NewMessages(1, 48)
+			if _, err := srv.ReadBatch(msgs); err != nil {
+				t.Fatal(err)
+			}
+			if msgs[0].Flags&Truncated == 0 {
+				t.Errorf("Flags = %v, want Truncated", msgs[0].Flags)
+			}
+		})
+	}
+}
+
+// A send to an address the kernel refuses must not stop the rest of the batch.
+func TestWriteBatchSkipsRefused(t *testing.T) {
+	for _, path := range paths {
+		t.Run(path.String(), func(t *testing.T) {
+			srv := listen(t, Config{Address: netip.MustParseAddrPort("127.0.0.1:0"), Path: path})
+			c := dialClient(t, "udp4", srv.LocalAddr())
+			good := netip.MustParseAddrPort(c.LocalAddr().String())
+			msgs := NewMessages(3, 48)
+			for i := range msgs {
+				msgs[i].N = copy(msgs[i].Buffer, fmt.Sprint(i))
+				msgs[i].Peer = good
+			}
+			msgs[1].Peer = netip.AddrPortFrom(good.Addr(), 0) // port 0: EINVAL
+			sent, err := srv.WriteBatch(msgs)
+			if err != nil || sent != 2 {
+				t.Fatalf("WriteBatch = %d, %v; want 2, nil", sent, err)
+			}
+			buf := make([]byte, 8)
+			for _, want := range []string{"0", "2"} {
+				n, err := c.Read(buf)
+				if err != nil || string(buf[:n]) != want {
+					t.Fatalf("read %q, %v; want %q", buf[:n], err, want)
+				}
+			}
+		})
+	}
+}
+
+func TestCloseWakesReader(t *testing.T) {
+	for _, path := range paths {
+		t.Run(path.String(), func(t *testing.T) {
+			srv, err := Listen(Config{Address: netip.MustParseAddrPort("127.0.0.1:0"), Path: path})
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() {
+				_, err := srv.ReadBatch(NewMessages(4, 64))
+				done <- err
+			}()
+			time.Sleep(50 * time.Millisecond) // let the reader block
+			srv.Close()
+			select {
+			case err := <-done:
+				if !errors.Is(err, net.ErrClosed) {
+					t.Errorf("ReadBatch after Close = %v, want net.ErrClosed", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("ReadBatch still blocked 5s after Close")
+			}
+			if _, err := srv.WriteBatch(NewMessages(1, 8)); !errors.Is(err, net.ErrClosed) {
+				t.Errorf("WriteBatch after Close = %v, want net.ErrClosed", err)
+			}
+			if err := srv.Close(); err != nil && path == PathFast {
+				t.Errorf("second Close = %v", err)
+			}
+		})
+	}
+}
+
+func TestReusePortSharesAddress(t *testing.T) {
+	first := listen(t, Config{Address: netip.MustParseAddrPort("127.0.0.1:0")})
+	listen(t, Config{Address: first.LocalAddr(), Path: PathPortable})
+	listen(t, Config{Address: first.LocalAddr(), Path: PathFast})
+}
+
+func TestListenRejectsBadConfig(t *testing.T) {
+	for _, cfg := range []Config{
+		{},
+		{Address: netip.MustParseAddrPort("127.0.0.1:0"), BatchSize: -1},
+		{Address: netip.MustParseAddrPort("127.0.0.1:0"), BatchSize: 5000},
+		{Address: netip.MustParseAddrPort("127.0.0.1:0"), ReceiveBuffer: -1},
+		{Address: netip.MustParseAddrPort("127.0.0.1:0"), Path: 9},
+	} {
+		if c, err := Listen(cfg); err == nil {
+			c.Close()
+			t.Errorf("Listen(%+v) succeeded", cfg)
+		}
+	}
+}
+
+func TestBufferSizes(t *testing.T) {
+	c := listen(t, Config{Address: netip.MustParseAddrPort("127.0.0.1:0"), ReceiveBuffer: 1 << 20, SendBuffer: 1 << 20})
+	// Linux doubles the request for bookkeeping; as root SO_RCVBUFFORCE
+	// lifts the rmem_max cap, otherwise the cap applies.
+	if info := c.Info(); info.ReceiveBuffer < 1<<20 && info.ReceiveBuffer < 200000 {
+		t.Errorf("receive buffer %d after asking for 1 MiB", info.ReceiveBuffer)
+	}
+}
+
+// The hot path must not allocate once warm: the fast path at all, the
+// portable path only the source address that x/net's ReadBatch allocates.
+func TestAllocations(t *testing.T) {
+	for _, tc := range []struct {
+		path    Path
+		perRead float64
+	}{{PathFast, 0}, {PathPortable, 2}} {
+		t.Run(tc.path.String(), func(t *testing.T) {
+			srv := listen(t, Config{Address: netip.MustParseAddrPort("0.0.0.0:0"), Path: tc.path, BatchSize: 4})
+			dst := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), srv.LocalAddr().Port())
+			c := dialClient(t, "udp4", dst)
+			msgs := NewMessages(4, 64)
+			buf := make([]byte, 64)
+			roundTrip := func() {
+				c.Write(buf[:48])
+				n, err := srv.ReadBatch(msgs)
+				if err != nil || n != 1 {
+					t.Fatalf("ReadBatch = %d, %v", n, err)
+				}
+				if sent, err := srv.WriteBatch(msgs[:n]); sent != 1 || err != nil {
+					t.Fatalf("WriteBatch = %d, %v", sent, err)
+				}
+				c.Read(buf)
+			}
+			// The client's own Write and Read allocate nothing either.
+			if got := testing.AllocsPerRun(200, roundTrip); got > tc.perRead {
+				t.Errorf("%v allocations per request and reply, want at most %v", got, tc.perRead)
+			}
+		})
+	}
+}

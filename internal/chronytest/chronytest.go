@@ -1,0 +1,202 @@
+// Package chronytest runs the real programs that fastntp's tests talk to:
+// a chronyd serving time on a private port, network namespaces to run NTP
+// clients that only know port 123, and a minimal NTP query.
+//
+// A missing program skips the test, except under CI=true, where every
+// dependency is required and a missing one fails the test.
+package chronytest
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fastntp/fastntp/responder/ntp"
+)
+
+// Require returns the path of a program, or ends the test without it.
+func Require(t testing.TB, program string) string {
+	t.Helper()
+	path, err := exec.LookPath(program)
+	if err == nil {
+		return path
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s is required under CI=true: %v (make test installs it)", program, err)
+	}
+	t.Skipf("%s not installed: %v", program, err)
+	return ""
+}
+
+// RequireRoot ends the test unless it runs as root.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("this test needs root under CI=true")
+	}
+	t.Skip("needs root")
+}
+
+// FreePort returns a UDP port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) uint16 {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return uint16(c.LocalAddr().(*net.UDPAddr).Port)
+}
+
+// Namespace creates a network namespace with only a loopback interface, up,
+// and removes it when the test ends. Commands run in it through Command.
+func Namespace(t testing.TB) string {
+	t.Helper()
+	RequireRoot(t)
+	ip := Require(t, "ip")
+	name := fmt.Sprintf("fastntp-test-%d-%d", os.Getpid(), rand.Uint32())
+	if out, err := exec.Command(ip, "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command(ip, "netns", "del", name).Run() })
+	if out, err := exec.Command(ip, "netns", "exec", name, "ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("loopback up in %s: %v: %s", name, err, out)
+	}
+	return name
+}
+
+// Command returns a command that runs in namespace ns, or in the test's own
+// namespace if ns is empty.
+func Command(ns, name string, args ...string) *exec.Cmd {
+	if ns == "" {
+		return exec.Command(name, args...)
+	}
+	return exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...)
+}
+
+// Chronyd is a chronyd serving NTP on 127.0.0.1 for one test. It does not
+// touch the system clock (-x) and claims stratum 10 from its local clock.
+type Chronyd struct {
+	t      testing.TB
+	Addr   netip.AddrPort
+	ns     string
+	dir    string
+	config string
+	cmd    *exec.Cmd
+	log    *os.File
+}
+
+// StartChronyd starts chronyd on port of 127.0.0.1 in namespace ns ("" for
+// the test's own) and waits until it answers. It is stopped when the test
+// ends.
+func StartChronyd(t testing.TB, ns string, port uint16, extra ...string) *Chronyd {
+	t.Helper()
+	Require(t, "chronyd")
+	dir := t.TempDir()
+	c := &Chronyd{t: t, ns: ns, dir: dir, Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)}
+	c.config = filepath.Join(dir, "chrony.conf")
+	conf := []string{
+		fmt.Sprintf("port %d", port),
+		"bindaddress 127.0.0.1",
+		"allow 127.0.0.1",
+		"cmdport 0",
+		"bindcmdaddress /", // no command socket
+		"local stratum 10",
+		"pidfile " + filepath.Join(dir, "chronyd.pid"),
+	}
+	conf = append(conf, extra...)
+	if err := os.WriteFile(c.config, []byte(strings.Join(conf, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Stop)
+	c.Start()
+	return c
+}
+
+// Start starts chronyd again after Stop.
+func (c *Chronyd) Start() {
+	c.t.Helper()
+	if c.cmd != nil {
+		return
+	}
+	log, err := os.OpenFile(filepath.Join(c.dir, "chronyd.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.log = log
+	c.cmd = Command(c.ns, "chronyd", "-x", "-d", "-u", "root", "-f", c.config)
+	c.cmd.Stdout, c.cmd.Stderr = log, log
+	if err := c.cmd.Start(); err != nil {
+		c.t.Fatalf("start chronyd: %v", err)
+	}
+	if c.ns != "" {
+		return // Query runs in this namespace; callers in ns wait themselves
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := Query(c.Addr, 200*time.Millisecond); err == nil {
+			return
+		}
+	}
+	c.t.Fatalf("chronyd did not answer on %s within 10s; its log:\n%s", c.Addr, c.Log())
+}
+
+// Stop kills chronyd and waits for it to exit.
+func (c *Chronyd) Stop() {
+	if c.cmd == nil {
+		return
+	}
+	c.cmd.Process.Kill()
+	c.cmd.Wait()
+	c.log.Close()
+	c.cmd = nil
+}
+
+// Log returns what chronyd has printed.
+func (c *Chronyd) Log() string {
+	b, _ := os.ReadFile(filepath.Join(c.dir, "chronyd.log"))
+	return string(b)
+}
+
+// Query sends one NTPv4 client request to addr and returns the reply's
+// header. It checks that the reply answers this request.
+func Query(addr netip.AddrPort, timeout time.Duration) (ntp.Header, error) {
+	var h ntp.Header
+	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(addr))
+	if err != nil {
+		return h, err
+	}
+	defer conn.Close()
+	req := make([]byte, ntp.HeaderSize)
+	req[0] = ntp.LeapVersionMode(0, 4, ntp.ModeClient)
+	cookie := rand.Uint64()
+	binary.BigEndian.PutUint64(req[40:], cookie)
+	conn.SetDeadline(time.Now().Add(timeout))
+	if _, err := conn.Write(req); err != nil {
+		return h, err
+	}
+	buf := make([]byte, 1500)
+	n, err := conn.Read(buf)
+	if err != nil {
+		return h, err
+	}
+	if err := h.Parse(buf[:n]); err != nil {
+		return h, err
+	}
+	if uint64(h.OriginTime) != cookie {
+		return h, errors.New("reply's origin timestamp does not match the request")
+	}
+	return h, nil
+}

@@ -1,0 +1,318 @@
+// Package responder answers NTP requests at the rate a socket can carry.
+//
+// A Server runs workers that each own one socket of an SO_REUSEPORT group.
+// A worker reads a batch of requests, turns each valid one into a reply in
+// its own buffer, stamps them all with one clock reading and writes them as
+// a batch. The synchronization state comes from an upstream.Snapshot loaded
+// once per batch; nothing on this path locks, logs at normal levels, or
+// allocates.
+package responder
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/fastntp/fastntp/batch"
+	"github.com/fastntp/fastntp/responder/ntp"
+	"github.com/fastntp/fastntp/upstream"
+)
+
+// Source provides the synchronization state to serve. *upstream.Poller is
+// one.
+type Source interface {
+	// Load returns the current Snapshot, never nil. It is called once per
+	// batch from every worker.
+	Load() *upstream.Snapshot
+}
+
+// Listener is one address to serve.
+type Listener struct {
+	Address netip.AddrPort
+	// Workers is how many sockets, each with its own goroutine, share the
+	// address. Zero disables the listener.
+	Workers int
+	// Optional makes a listener whose address family the host lacks (no
+	// IPv6, say) a logged warning instead of an error.
+	Optional bool
+}
+
+// Config configures a Server.
+type Config struct {
+	Listeners []Listener
+	// Source is required.
+	Source Source
+	// Path selects the batch I/O implementation; the zero value is the
+	// fastest available.
+	Path batch.Path
+	// BatchSize is the most requests a worker handles per system call. If
+	// zero, batch.DefaultBatchSize.
+	BatchSize int
+	// ReceiveBuffer and SendBuffer request socket buffer sizes in bytes;
+	// zero keeps the kernel's defaults.
+	ReceiveBuffer, SendBuffer int
+	// Logger receives the start-up summary and, at debug level, a line per
+	// request. If nil, nothing is logged.
+	Logger *zap.Logger
+}
+
+// maxRequestSize is the receive buffer per datagram: the header, the most
+// extension fields chronyd accepts and the longest MAC. A longer request is
+// truncated and dropped.
+const maxRequestSize = ntp.HeaderSize + 1024 + 4 + 64
+
+// A Server answers NTP requests on its listeners.
+type Server struct {
+	cfg     Config
+	workers []*worker
+	once    sync.Once
+}
+
+// Listen opens every socket that cfg asks for. The sockets are bound when it
+// returns, so privileges needed to bind can be dropped before Serve.
+func Listen(cfg Config) (*Server, error) {
+	if cfg.Source == nil {
+		return nil, errors.New("responder: no Source")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if cfg.BatchSize == 0 {
+		cfg.BatchSize = batch.DefaultBatchSize
+	}
+	s := &Server{cfg: cfg}
+	for _, l := range cfg.Listeners {
+		if l.Workers < 0 {
+			s.close()
+			return nil, fmt.Errorf("responder: %d workers for %s", l.Workers, l.Address)
+		}
+		ws, err := s.listen(l)
+		if err != nil && l.Optional {
+			cfg.Logger.Warn("not serving an optional address", zap.Stringer("address", l.Address), zap.Error(err))
+			continue
+		}
+		if err != nil {
+			s.close()
+			return nil, err
+		}
+		s.workers = append(s.workers, ws...)
+	}
+	if len(s.workers) == 0 {
+		return nil, errors.New("responder: no listener has workers")
+	}
+	return s, nil
+}
+
+// listen opens the sockets of one listener, all of them or none.
+func (s *Server) listen(l Listener) ([]*worker, error) {
+	var ws []*worker
+	addr := l.Address
+	for i := range l.Workers {
+		conn, err := batch.Listen(batch.Config{
+			Address:       addr,
+			Path:          s.cfg.Path,
+			BatchSize:     s.cfg.BatchSize,
+			ReceiveBuffer: s.cfg.ReceiveBuffer,
+			SendBuffer:    s.cfg.SendBuffer,
+		})
+		if err != nil {
+			for _, w := range ws {
+				w.conn.Close()
+			}
+			return nil, fmt.Errorf("responder: worker %d: %w", i, err)
+		}
+		if i == 0 {
+			// With port 0 the first socket picks the port; the others
+			// must join its group.
+			addr = conn.LocalAddr()
+		}
+		ws = append(ws, newWorker(conn, s.cfg))
+	}
+	return ws, nil
+}
+
+// Addrs returns the bound address of each listener, in order, with the port
+// the kernel chose where the configuration said 0.
+func (s *Server) Addrs() []netip.AddrPort {
+	var addrs []netip.AddrPort
+	for _, w := range s.workers {
+		if a := w.conn.LocalAddr(); len(addrs) == 0 || addrs[len(addrs)-1] != a {
+			addrs = append(addrs, a)
+		}
+	}
+	return addrs
+}
+
+// Sockets describes each open socket, for the start-up log.
+func (s *Server) Sockets() []SocketInfo {
+	infos := make([]SocketInfo, len(s.workers))
+	for i, w := range s.workers {
+		infos[i] = SocketInfo{Address: w.conn.LocalAddr(), Info: w.conn.Info()}
+	}
+	return infos
+}
+
+// SocketInfo describes one worker's socket.
+type SocketInfo struct {
+	Address netip.AddrPort
+	batch.Info
+}
+
+// Serve runs the workers until ctx is done, then closes the sockets, waits
+// for every worker to return, and returns nil. A Server serves once.
+func (s *Server) Serve(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for _, w := range s.workers {
+		wg.Go(w.run)
+	}
+	<-ctx.Done()
+	s.close()
+	wg.Wait()
+	return nil
+}
+
+func (s *Server) close() {
+	s.once.Do(func() {
+		for _, w := range s.workers {
+			w.conn.Close()
+		}
+	})
+}
+
+// Counters sums every worker's counters. It is safe to call at any time.
+func (s *Server) Counters() Counters {
+	var c Counters
+	for _, w := range s.workers {
+		c.addWorker(&w.counters)
+		c.KernelDrops += w.conn.Dropped()
+	}
+	return c
+}
+
+// worker owns one socket and everything its loop touches.
+type worker struct {
+	conn     batch.Conn
+	source   Source
+	msgs     []batch.Message
+	header   header
+	batch    [numCounts]uint64 // this batch's counts, published per batch
+	counters workerCounters
+	logger   *zap.Logger
+	debug    bool
+}
+
+func newWorker(conn batch.Conn, cfg Config) *worker {
+	return &worker{
+		conn:   conn,
+		source: cfg.Source,
+		msgs:   batch.NewMessages(cfg.BatchSize, maxRequestSize),
+		logger: cfg.Logger,
+		debug:  cfg.Logger.Core().Enabled(zap.DebugLevel),
+	}
+}
+
+// run serves until the socket is closed.
+func (w *worker) run() {
+	backoff := time.Duration(0)
+	for {
+		n, err := w.conn.ReadBatch(w.msgs)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Errors that are not the socket's end are transient (ENOMEM,
+			// say): count them and back off rather than spin.
+			w.counters.counts[countReadErrors].Add(1)
+			backoff = min(max(2*backoff, time.Millisecond), 100*time.Millisecond)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		if err := w.serveBatch(n); err != nil {
+			return
+		}
+	}
+}
+
+// serveBatch answers the n requests that ReadBatch left in w.msgs.
+func (w *worker) serveBatch(n int) error {
+	now := time.Now()
+	w.header.prepare(w.source.Load(), now)
+	replies := 0
+	for i := range n {
+		m := &w.msgs[i]
+		if v := w.handle(m, now); v != reply {
+			w.batch[v]++
+			continue
+		}
+		// Gather the replies at the front, for one WriteBatch.
+		w.msgs[replies], w.msgs[i] = w.msgs[i], w.msgs[replies]
+		replies++
+	}
+	w.batch[countReceived] += uint64(n)
+
+	// One clock reading, as late as possible, for every reply of the batch.
+	sendTime := time.Now()
+	transmit, dispersion := ntp.TimeFrom(sendTime), w.header.dispersion(sendTime)
+	for i := range replies {
+		stamp(w.msgs[i].Buffer, dispersion, transmit)
+	}
+	sent, err := w.conn.WriteBatch(w.msgs[:replies])
+	w.batch[reply] += uint64(sent)
+	w.batch[countSendErrors] += uint64(replies - sent)
+	w.counters.add(&w.batch)
+	return err
+}
+
+// handle checks one request and, if it deserves a reply, builds the reply in
+// its buffer.
+func (w *worker) handle(m *batch.Message, now time.Time) verdict {
+	if m.Flags&batch.ControlTruncated != 0 {
+		w.batch[countControlTruncations]++
+	}
+	if m.Flags&batch.Truncated != 0 {
+		w.logDrop(m, dropTruncated)
+		return dropTruncated
+	}
+	mode, v := classify(m.Buffer[:m.N], m.Peer.Port())
+	if v != reply {
+		w.logDrop(m, v)
+		return v
+	}
+	received := m.Received
+	if received.IsZero() {
+		// The kernel attached no timestamp (the socket could not enable
+		// it, or MSG_CTRUNC cut it off). The time the batch was read is
+		// the closest honest substitute, and the counter says it happened.
+		w.batch[countMissingTimestamps]++
+		received = now
+	}
+	m.N = w.header.build(m.Buffer, mode, ntp.TimeFrom(received))
+	if w.debug {
+		w.logger.Debug("reply", zap.Stringer("client", m.Peer), zap.Uint8("mode", mode))
+	}
+	return reply
+}
+
+var verdictNames = [numVerdicts]string{
+	reply:          "reply",
+	dropShort:      "short",
+	dropFormat:     "format",
+	dropVersion:    "version",
+	dropMode:       "mode",
+	dropAuth:       "authenticated",
+	dropTruncated:  "truncated",
+	dropSourcePort: "source port 0",
+}
+
+func (w *worker) logDrop(m *batch.Message, v verdict) {
+	if w.debug {
+		w.logger.Debug("drop", zap.Stringer("client", m.Peer), zap.Int("length", m.N), zap.String("reason", verdictNames[v]))
+	}
+}

@@ -87,7 +87,8 @@ func Command(ns, name string, args ...string) *exec.Cmd {
 }
 
 // Chronyd is a chronyd serving NTP on 127.0.0.1 for one test. It does not
-// touch the system clock (-x) and claims stratum 10 from its local clock.
+// touch the system clock (-x) and, unless asked otherwise, claims stratum 10
+// from its local clock.
 type Chronyd struct {
 	t      testing.TB
 	Addr   netip.AddrPort
@@ -98,25 +99,39 @@ type Chronyd struct {
 	log    *os.File
 }
 
-// StartChronyd starts chronyd on port of 127.0.0.1 in namespace ns ("" for
-// the test's own) and waits until it answers. It is stopped when the test
-// ends.
-func StartChronyd(t testing.TB, ns string, port uint16, extra ...string) *Chronyd {
+// Options configure StartChronyd.
+type Options struct {
+	// Namespace to run in; empty for the test's own.
+	Namespace string
+	// Port on 127.0.0.1 to serve; zero picks a free one.
+	Port uint16
+	// Unsynchronized leaves out the local reference, so chronyd answers
+	// with leap 3, as a server without sources does.
+	Unsynchronized bool
+}
+
+// StartChronyd starts chronyd as opts say and, outside a namespace, waits
+// until it answers. It is stopped when the test ends.
+func StartChronyd(t testing.TB, opts Options) *Chronyd {
 	t.Helper()
 	Require(t, "chronyd")
+	if opts.Port == 0 {
+		opts.Port = FreePort(t)
+	}
 	dir := t.TempDir()
-	c := &Chronyd{t: t, ns: ns, dir: dir, Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)}
+	c := &Chronyd{t: t, ns: opts.Namespace, dir: dir, Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), opts.Port)}
 	c.config = filepath.Join(dir, "chrony.conf")
 	conf := []string{
-		fmt.Sprintf("port %d", port),
+		fmt.Sprintf("port %d", opts.Port),
 		"bindaddress 127.0.0.1",
 		"allow 127.0.0.1",
 		"cmdport 0",
 		"bindcmdaddress /", // no command socket
-		"local stratum 10",
 		"pidfile " + filepath.Join(dir, "chronyd.pid"),
 	}
-	conf = append(conf, extra...)
+	if !opts.Unsynchronized {
+		conf = append(conf, "local stratum 10")
+	}
 	if err := os.WriteFile(c.config, []byte(strings.Join(conf, "\n")+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,383 @@
+package responder
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/fastntp/fastntp/batch"
+	"github.com/fastntp/fastntp/internal/chronytest"
+	"github.com/fastntp/fastntp/responder/ntp"
+	"github.com/fastntp/fastntp/upstream"
+)
+
+// staticSource serves one Snapshot, replaced with Store.
+type staticSource struct {
+	p atomic.Pointer[upstream.Snapshot]
+}
+
+func newStaticSource(s *upstream.Snapshot) *staticSource {
+	src := &staticSource{}
+	src.p.Store(s)
+	return src
+}
+
+func (s *staticSource) Load() *upstream.Snapshot { return s.p.Load() }
+
+// freshSnapshot is synchronized for the next minute.
+func freshSnapshot() *upstream.Snapshot {
+	s := syncedSnapshot(time.Now())
+	s.Expires = s.Taken.Add(time.Minute)
+	return s
+}
+
+// startServer serves cfg until the test ends, then checks that Serve returns
+// and that no worker goroutine outlives it.
+func startServer(t testing.TB, cfg Config) *Server {
+	t.Helper()
+	before := runtime.NumGoroutine()
+	srv, err := Listen(cfg)
+	if err != nil {
+		t.Fatalf("Listen: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		srv.Serve(ctx)
+		close(done)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("Serve did not return within 5s of cancellation")
+		}
+		deadline := time.Now().Add(2 * time.Second)
+		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if n := runtime.NumGoroutine(); n > before {
+			t.Errorf("%d goroutines after shutdown, %d before start", n, before)
+		}
+	})
+	return srv
+}
+
+func loopbackListeners(workers int) []Listener {
+	return []Listener{
+		{Address: netip.MustParseAddrPort("127.0.0.1:0"), Workers: workers},
+		{Address: netip.MustParseAddrPort("[::1]:0"), Workers: workers},
+	}
+}
+
+func TestServeBothFamilies(t *testing.T) {
+	for _, path := range []batch.Path{batch.PathFast, batch.PathPortable} {
+		t.Run(path.String(), func(t *testing.T) {
+			src := newStaticSource(freshSnapshot())
+			srv := startServer(t, Config{Listeners: loopbackListeners(2), Source: src, Path: path})
+			for _, addr := range srv.Addrs() {
+				before := time.Now()
+				h, err := chronytest.Query(addr, 2*time.Second)
+				if err != nil {
+					t.Fatalf("query %s: %v", addr, err)
+				}
+				after := time.Now()
+				if h.Stratum != 2 || h.Mode != ntp.ModeServer || h.Version != 4 || h.ReferenceID != 0xc0000201 {
+					t.Errorf("%s: reply %+v", addr, h)
+				}
+				rx, tx := h.ReceiveTime.Time(before), h.TransmitTime.Time(before)
+				if rx.Before(before) || tx.Before(rx) || tx.After(after) {
+					t.Errorf("%s: receive %v, transmit %v outside [%v, %v]", addr, rx, tx, before, after)
+				}
+			}
+			if c := srv.Counters(); c.Replied != 2 || c.Received != 2 || c.MissingTimestamps != 0 {
+				t.Errorf("counters %+v", c)
+			}
+		})
+	}
+}
+
+// Many clients on many ports, all at once: every request gets the reply that
+// answers it, whichever worker the kernel hands it to.
+func TestManyConcurrentClients(t *testing.T) {
+	src := newStaticSource(freshSnapshot())
+	srv := startServer(t, Config{Listeners: loopbackListeners(2)[:1], Source: src, BatchSize: 16, ReceiveBuffer: 4 << 20})
+	addr := srv.Addrs()[0]
+	const clients, requests = 100, 10
+	var wg sync.WaitGroup
+	var failures atomic.Int32
+	for c := range clients {
+		wg.Go(func() {
+			conn, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(addr))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(5 * time.Second))
+			req := packet(4, ntp.ModeClient)
+			for r := range requests {
+				binary.BigEndian.PutUint64(req[40:], uint64(c)<<32|uint64(r))
+				conn.Write(req)
+			}
+			seen := map[uint64]bool{}
+			buf := make([]byte, 100)
+			for range requests {
+				n, err := conn.Read(buf)
+				if err != nil {
+					failures.Add(1)
+					t.Errorf("client %d: %v after %d replies", c, err, len(seen))
+					return
+				}
+				origin := binary.BigEndian.Uint64(buf[24:32])
+				if n != ntp.HeaderSize || origin>>32 != uint64(c) || seen[origin] {
+					t.Errorf("client %d: unexpected reply (%d bytes, origin %x)", c, n, origin)
+				}
+				seen[origin] = true
+			}
+		})
+	}
+	wg.Wait()
+	if c := srv.Counters(); c.Replied != clients*requests {
+		t.Errorf("replied %d, want %d (counters %+v)", c.Replied, clients*requests, c)
+	}
+}
+
+func TestStaleSnapshotServedUnsynchronized(t *testing.T) {
+	snap := freshSnapshot()
+	src := newStaticSource(snap)
+	srv := startServer(t, Config{Listeners: loopbackListeners(1)[:1], Source: src})
+	if h, err := chronytest.Query(srv.Addrs()[0], time.Second); err != nil || h.Leap != ntp.LeapNone {
+		t.Fatalf("fresh: %+v, %v", h, err)
+	}
+	stale := *snap
+	stale.Expires = time.Now().Add(-time.Millisecond)
+	src.p.Store(&stale)
+	h, err := chronytest.Query(srv.Addrs()[0], time.Second)
+	if err != nil || h.Leap != ntp.LeapUnsynchronized || h.Stratum != 0 {
+		t.Fatalf("stale: %+v, %v; want leap 3 stratum 0", h, err)
+	}
+}
+
+func TestListenErrors(t *testing.T) {
+	src := newStaticSource(freshSnapshot())
+	for name, cfg := range map[string]Config{
+		"no source":      {Listeners: loopbackListeners(1)},
+		"no workers":     {Listeners: loopbackListeners(0), Source: src},
+		"negative":       {Listeners: []Listener{{Address: netip.MustParseAddrPort("127.0.0.1:0"), Workers: -1}}, Source: src},
+		"unbindable":     {Listeners: []Listener{{Address: netip.MustParseAddrPort("192.0.2.1:0"), Workers: 1}}, Source: src},
+		"bad batch size": {Listeners: loopbackListeners(1), Source: src, BatchSize: -4},
+	} {
+		if srv, err := Listen(cfg); err == nil {
+			srv.close()
+			t.Errorf("%s: Listen succeeded", name)
+		}
+	}
+	// An optional listener that cannot bind is skipped.
+	srv, err := Listen(Config{Source: src, Listeners: []Listener{
+		{Address: netip.MustParseAddrPort("127.0.0.1:0"), Workers: 1},
+		{Address: netip.MustParseAddrPort("192.0.2.1:0"), Workers: 1, Optional: true},
+	}})
+	if err != nil {
+		t.Fatalf("optional listener failure: %v", err)
+	}
+	srv.close()
+}
+
+// The reply path allocates nothing per request once warm: not the fast
+// path, and on the portable path nothing beyond the source address x/net's
+// ReadBatch allocates.
+func TestServeAllocations(t *testing.T) {
+	for _, tc := range []struct {
+		path batch.Path
+		max  float64
+	}{{batch.PathFast, 0}, {batch.PathPortable, 2}} {
+		t.Run(tc.path.String(), func(t *testing.T) {
+			conn, err := batch.Listen(batch.Config{Address: netip.MustParseAddrPort("0.0.0.0:0"), Path: tc.path})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			w := newWorker(conn, Config{Source: newStaticSource(freshSnapshot()), BatchSize: 8, Logger: nopLogger})
+			client, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(
+				netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), conn.LocalAddr().Port())))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer client.Close()
+			client.SetDeadline(time.Now().Add(10 * time.Second))
+			req, resp := packet(4, ntp.ModeClient), make([]byte, 64)
+			allocs := testing.AllocsPerRun(500, func() {
+				client.Write(req)
+				n, err := conn.ReadBatch(w.msgs)
+				if err != nil || n != 1 {
+					t.Fatalf("ReadBatch = %d, %v", n, err)
+				}
+				if err := w.serveBatch(n); err != nil {
+					t.Fatal(err)
+				}
+				if n, err := client.Read(resp); err != nil || n != ntp.HeaderSize {
+					t.Fatalf("reply: %d bytes, %v", n, err)
+				}
+			})
+			if allocs > tc.max {
+				t.Errorf("%v allocations per request, want at most %v", allocs, tc.max)
+			}
+		})
+	}
+}
+
+// TestAgainstChronyd sends every request class to a real chronyd and to
+// fastntp mirroring it, and checks that both answer the same classes, in the
+// same mode and version.
+func TestAgainstChronyd(t *testing.T) {
+	chronyd := chronytest.StartChronyd(t, chronytest.Options{})
+	poller, err := upstream.New(upstream.Config{Server: chronyd.Addr, Interval: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go poller.Run(ctx)
+	srv := startServer(t, Config{Listeners: loopbackListeners(1)[:1], Source: poller})
+	for deadline := time.Now().Add(3 * time.Second); !poller.Load().Valid(time.Now()); {
+		if time.Now().After(deadline) {
+			t.Fatal("fastntp did not synchronize to chronyd")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	type answer struct {
+		replied bool
+		header  ntp.Header
+		length  int
+	}
+	ask := func(addr netip.AddrPort, req []byte) answer {
+		conn, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(addr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(500 * time.Millisecond))
+		conn.Write(req)
+		buf := make([]byte, 2048)
+		n, err := conn.Read(buf)
+		if err != nil {
+			return answer{}
+		}
+		var a answer
+		a.replied, a.length = true, n
+		a.header.Parse(buf[:n])
+		return a
+	}
+	var wg sync.WaitGroup
+	for _, tc := range requestClasses {
+		wg.Go(func() {
+			want := ask(chronyd.Addr, tc.pkt)
+			got := ask(srv.Addrs()[0], tc.pkt)
+			switch {
+			case got.replied != want.replied:
+				t.Errorf("%s: fastntp replied=%v, chronyd replied=%v", tc.name, got.replied, want.replied)
+			case !got.replied:
+			case got.header.Mode != want.header.Mode || got.header.Version != want.header.Version ||
+				got.header.Stratum != want.header.Stratum || got.header.Leap != want.header.Leap ||
+				got.header.ReferenceID != want.header.ReferenceID || got.header.OriginTime != want.header.OriginTime:
+				t.Errorf("%s:\nfastntp %+v\nchronyd %+v", tc.name, got.header, want.header)
+			case got.length > len(tc.pkt) || got.length != ntp.HeaderSize:
+				t.Errorf("%s: fastntp sent %d bytes for %d", tc.name, got.length, len(tc.pkt))
+			}
+			if (tc.want == reply) != got.replied {
+				t.Errorf("%s: replied=%v, the table says %s", tc.name, got.replied, verdictNames[tc.want])
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// BenchmarkThroughput floods a one-worker server on loopback and reports the
+// replies it sustains per second, for both I/O paths and for batching on and
+// off. The client keeps a window of requests in flight and sends a new
+// request for every reply, in batches, so it does no more work per packet
+// than the server; on a 2-core machine each gets a core.
+func BenchmarkThroughput(b *testing.B) {
+	for _, path := range []batch.Path{batch.PathFast, batch.PathPortable} {
+		for _, size := range []int{batch.DefaultBatchSize, 1} {
+			b.Run(fmt.Sprintf("path=%v/batch=%d", path, size), func(b *testing.B) {
+				benchmarkThroughput(b, path, size)
+			})
+		}
+	}
+}
+
+func benchmarkThroughput(b *testing.B, path batch.Path, size int) {
+	const window = 256
+	src := newStaticSource(freshSnapshot())
+	srv := startServer(b, Config{Listeners: loopbackListeners(1)[:1], Source: src, Path: path,
+		BatchSize: size, ReceiveBuffer: 4 << 20})
+	client, err := batch.Listen(batch.Config{Address: netip.MustParseAddrPort("127.0.0.1:0"), ReceiveBuffer: 4 << 20})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer client.Close()
+	requests := batch.NewMessages(window, ntp.HeaderSize)
+	for i := range requests {
+		requests[i].N = copy(requests[i].Buffer, packet(4, ntp.ModeClient))
+		requests[i].Peer = srv.Addrs()[0]
+	}
+	replies := batch.NewMessages(batch.DefaultBatchSize, 128)
+
+	// A lost reply would stall the loop for ever; end the run instead.
+	var received atomic.Int64
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		ticker := time.NewTicker(200 * time.Millisecond)
+		defer ticker.Stop()
+		last := int64(-1)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-ticker.C:
+				if r := received.Load(); r == last {
+					client.Close()
+					return
+				} else {
+					last = r
+				}
+			}
+		}
+	}()
+
+	b.ResetTimer()
+	start := time.Now()
+	sent, _ := client.WriteBatch(requests[:min(window, b.N)])
+	for received.Load() < int64(b.N) {
+		n, err := client.ReadBatch(replies)
+		if err != nil {
+			break
+		}
+		received.Add(int64(n))
+		if k := min(n, b.N-sent); k > 0 {
+			m, _ := client.WriteBatch(requests[:k])
+			sent += m
+		}
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	got := received.Load()
+	b.ReportMetric(float64(got)/elapsed.Seconds(), "replies/s")
+	b.ReportMetric(100*(1-float64(got)/float64(b.N)), "loss%")
+}
+
+var nopLogger = zap.NewNop()

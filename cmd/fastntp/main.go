@@ -64,7 +64,12 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs := flag.NewFlagSet("fastntp", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	// rsntp's options, each under its short and its long name.
-	both := func(short, long string, f func(name string)) { f(short); f(long) }
+	shortOf := map[string]string{}
+	both := func(short, long string, f func(name string)) {
+		f(short)
+		f(long)
+		shortOf[long] = short
+	}
 	var ipv4Address, ipv6Address, server, path string
 	both("4", "ipv4-threads", func(n string) { fs.IntVar(&o.ipv4Threads, n, 1, "number of IPv4 `threads` (0 disables IPv4)") })
 	both("6", "ipv6-threads", func(n string) { fs.IntVar(&o.ipv6Threads, n, 1, "number of IPv6 `threads` (0 disables IPv6)") })
@@ -90,7 +95,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		fmt.Fprintf(fs.Output(), "Usage: fastntp [options]\n\n"+
 			"Serve NTP with the synchronization state of a local chronyd.\n"+
 			"Options take one or two dashes; rsntp's take their short forms too.\n\n")
-		fs.PrintDefaults()
+		printOptions(fs, shortOf)
 	}
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -141,6 +146,32 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("--stats-interval: %v is negative", o.statsInterval)
 	}
 	return o, nil
+}
+
+// printOptions lists the options as PrintDefaults does, but with each
+// short alias beside its long name rather than as an option of its own.
+func printOptions(fs *flag.FlagSet, shortOf map[string]string) {
+	isShort := map[string]bool{}
+	for _, short := range shortOf {
+		isShort[short] = true
+	}
+	fs.VisitAll(func(f *flag.Flag) {
+		if isShort[f.Name] {
+			return
+		}
+		names := "--" + f.Name
+		if short, ok := shortOf[f.Name]; ok {
+			names = "-" + short + ", " + names
+		}
+		arg, usage := flag.UnquoteUsage(f)
+		if arg != "" {
+			names += " " + arg
+		}
+		if f.DefValue != "" && f.DefValue != "0" && f.DefValue != "false" {
+			usage += fmt.Sprintf(" (default %s)", f.DefValue)
+		}
+		fmt.Fprintf(fs.Output(), "  %s\n    \t%s\n", names, usage)
+	})
 }
 
 // parseAddress parses an address of the given family.

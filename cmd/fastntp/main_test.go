@@ -1,0 +1,335 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fastntp/fastntp/batch"
+	"github.com/fastntp/fastntp/internal/chronytest"
+	"github.com/fastntp/fastntp/responder/ntp"
+)
+
+func TestParseFlags(t *testing.T) {
+	tests := []struct {
+		args  []string
+		check func(o *options) bool
+		err   string
+	}{
+		{args: nil, check: func(o *options) bool {
+			return o.ipv4Threads == 1 && o.ipv6Threads == 1 && o.ipv4Address.String() == "0.0.0.0:123" &&
+				o.ipv6Address.String() == "[::]:123" && o.server.String() == "127.0.0.1:11123" &&
+				!o.explicitIPv6 && o.batchSize == batch.DefaultBatchSize && o.path == batch.PathAuto
+		}},
+		{args: []string{"--ipv4-threads", "2"}, check: func(o *options) bool { return o.ipv4Threads == 2 }},
+		{args: []string{"-4", "3", "-6", "0"}, check: func(o *options) bool { return o.ipv4Threads == 3 && o.ipv6Threads == 0 && o.explicitIPv6 }},
+		{args: []string{"-a", "127.0.0.1:1123", "--ipv6-address=[::1]:1123"}, check: func(o *options) bool {
+			return o.ipv4Address.String() == "127.0.0.1:1123" && o.ipv6Address.String() == "[::1]:1123" && o.explicitIPv6
+		}},
+		{args: []string{"-s", "127.0.0.1:9999", "-u", "nobody", "-r", "/var/empty", "-d"}, check: func(o *options) bool {
+			return o.server.Port() == 9999 && o.user == "nobody" && o.root == "/var/empty" && o.debug
+		}},
+		{args: []string{"--batch-size", "1", "--io-path", "portable"}, check: func(o *options) bool {
+			return o.batchSize == 1 && o.path == batch.PathPortable
+		}},
+		{args: []string{"-a", "[::1]:123"}, err: "not an IPv4 address"},
+		{args: []string{"-b", "127.0.0.1:123"}, err: "not an IPv6 address"},
+		{args: []string{"-a", "localhost:123"}, err: "ipv4-address"},
+		{args: []string{"-s", "nowhere"}, err: "server-address"},
+		{args: []string{"-4", "-1"}, err: "out of range"},
+		{args: []string{"-4", "0", "-6", "0"}, err: "nothing to serve"},
+		{args: []string{"--batch-size", "0"}, err: "batch-size"},
+		{args: []string{"--io-path", "turbo"}, err: "io-path"},
+		{args: []string{"--max-age", "100ms"}, err: "max-age"},
+		{args: []string{"--poll-interval", "0s"}, err: "poll-interval"},
+		{args: []string{"--log-format", "xml"}, err: "log-format"},
+		{args: []string{"--receive-buffer", "-5"}, err: "must not be negative"},
+		{args: []string{"--no-such-flag"}, err: "not defined"},
+		{args: []string{"extra"}, err: "unexpected argument"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			o, err := parseFlags(tt.args, io.Discard)
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("err = %v, want one containing %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tt.check(o) {
+				t.Errorf("options %+v", o)
+			}
+		})
+	}
+}
+
+func TestRunExitCodes(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := run([]string{"--version"}, &out, &errOut); code != 0 || !strings.HasPrefix(out.String(), "fastntp ") {
+		t.Errorf("--version: exit %d, output %q", code, out.String())
+	}
+	errOut.Reset()
+	if code := run([]string{"-h"}, &out, &errOut); code != 0 || !strings.Contains(errOut.String(), "--ipv4-threads") {
+		t.Errorf("-h: exit %d, output %q", code, errOut.String())
+	}
+	if code := run([]string{"-4", "x"}, &out, &errOut); code != 2 {
+		t.Errorf("bad flag: exit %d, want 2", code)
+	}
+}
+
+// binary is fastntp built once for the tests that run it as a process.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "fastntp-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "fastntp")
+	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build fastntp: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// process is a running fastntp.
+type process struct {
+	t   *testing.T
+	cmd *exec.Cmd
+	mu  sync.Mutex
+	log bytes.Buffer
+}
+
+func (p *process) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.log.Write(b)
+}
+
+// Log returns what fastntp has logged so far.
+func (p *process) Log() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.log.String()
+}
+
+// startFastntp runs fastntp in namespace ns ("" for the test's own) and
+// waits for its start-up line. It is stopped when the test ends.
+func startFastntp(t *testing.T, ns string, args ...string) *process {
+	t.Helper()
+	p := &process{t: t, cmd: chronytest.Command(ns, binary, args...)}
+	p.cmd.Stdout, p.cmd.Stderr = p, p
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			p.cmd.Process.Kill()
+			p.cmd.Wait()
+		}
+		if t.Failed() {
+			t.Logf("fastntp log:\n%s", p.Log())
+		}
+	})
+	p.waitLog("fastntp started", 5*time.Second)
+	return p
+}
+
+func (p *process) waitLog(what string, timeout time.Duration) {
+	p.t.Helper()
+	for deadline := time.Now().Add(timeout); !strings.Contains(p.Log(), what); {
+		if time.Now().After(deadline) {
+			p.t.Fatalf("fastntp did not log %q within %v; log:\n%s", what, timeout, p.Log())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// stop sends SIGTERM and returns the exit code.
+func (p *process) stop() int {
+	p.t.Helper()
+	if p.cmd.Process.Signal(syscall.SIGTERM) != nil {
+		p.t.Fatal("fastntp exited early")
+	}
+	done := make(chan struct{})
+	go func() { p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		p.t.Fatalf("fastntp still running 5s after SIGTERM; log:\n%s", p.Log())
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+func loopback(port uint16) netip.AddrPort {
+	return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
+}
+
+// waitQuery queries addr until check accepts the reply.
+func waitQuery(t *testing.T, addr netip.AddrPort, timeout time.Duration, what string, check func(ntp.Header) bool) {
+	t.Helper()
+	var last ntp.Header
+	var err error
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if last, err = chronytest.Query(addr, 500*time.Millisecond); err == nil && check(last) {
+			return
+		}
+	}
+	t.Fatalf("no %s reply from %s within %v; last %+v, %v", what, addr, timeout, last, err)
+}
+
+func synchronized(h ntp.Header) bool   { return h.Leap == ntp.LeapNone && h.Stratum == 10 }
+func unsynchronized(h ntp.Header) bool { return h.Leap == ntp.LeapUnsynchronized && h.Stratum == 0 }
+
+// TestRealClients runs chronyd, fastntp and real NTP clients in a network
+// namespace of their own, so that fastntp can serve port 123, where ntpdig
+// and sntp send, on both families.
+func TestRealClients(t *testing.T) {
+	ntpdig := chronytest.Require(t, "ntpdig")
+	sntp := chronytest.Require(t, "sntp")
+	ns := chronytest.Namespace(t)
+	chronytest.StartChronyd(t, chronytest.Options{Namespace: ns, Port: 11123})
+	p := startFastntp(t, ns, "-a", "127.0.0.1:123", "-b", "[::1]:123", "-4", "2", "-6", "2")
+	p.waitLog("synchronized to backend", 10*time.Second)
+
+	for _, client := range []string{ntpdig, sntp} {
+		for _, server := range []string{"127.0.0.1", "::1"} {
+			t.Run(filepath.Base(client)+"/"+server, func(t *testing.T) {
+				out, err := chronytest.Command(ns, client, "-j", "-t", "2", server).CombinedOutput()
+				if err != nil {
+					t.Fatalf("%s: %v\n%s", client, err, out)
+				}
+				var reply struct {
+					Offset  float64 `json:"offset"`
+					Stratum int     `json:"stratum"`
+					Leap    string  `json:"leap"`
+				}
+				if err := json.Unmarshal(bytes.TrimSpace(out), &reply); err != nil {
+					t.Fatalf("%s output %q: %v", client, out, err)
+				}
+				if reply.Stratum != 10 || reply.Leap != "no-leap" || abs(reply.Offset) > 0.001 {
+					t.Errorf("%s says stratum %d, leap %s, offset %v s; want chronyd's stratum 10, no leap, under 1 ms",
+						client, reply.Stratum, reply.Leap, reply.Offset)
+				}
+			})
+		}
+	}
+	t.Run("chronyd -Q", func(t *testing.T) {
+		// chronyd as a one-shot client: it prints the offset it measured.
+		out, err := chronytest.Command(ns, "chronyd", "-Q", "-t", "5", "-f", "/dev/null",
+			"server 127.0.0.1 iburst maxsamples 1").CombinedOutput()
+		m := regexp.MustCompile(`System clock wrong by (-?[0-9.]+) seconds`).FindSubmatch(out)
+		if err != nil || m == nil {
+			t.Fatalf("chronyd -Q: %v\n%s", err, out)
+		}
+		if off, _ := strconv.ParseFloat(string(m[1]), 64); abs(off) > 0.001 {
+			t.Errorf("chronyd -Q measured %v s, want under 1 ms", off)
+		}
+	})
+	if code := p.stop(); code != 0 {
+		t.Errorf("exit code %d after SIGTERM", code)
+	}
+	if log := p.Log(); !strings.Contains(log, "stopped") || !regexp.MustCompile(`"replied": ([1-9][0-9]*)`).MatchString(log) {
+		t.Errorf("no final counters line with replies:\n%s", log)
+	}
+}
+
+func abs(f float64) float64 {
+	if f < 0 {
+		return -f
+	}
+	return f
+}
+
+// TestBackendLoss kills the backend under a running fastntp: replies turn
+// unsynchronized within the staleness bound and come back when it returns.
+func TestBackendLoss(t *testing.T) {
+	chronyd := chronytest.StartChronyd(t, chronytest.Options{})
+	port := chronytest.FreePort(t)
+	p := startFastntp(t, "", "-a", loopback(port).String(), "-6", "0", "-s", chronyd.Addr.String(),
+		"--poll-interval", "200ms", "--max-age", "1s", "--log-format", "json")
+	addr := loopback(port)
+	waitQuery(t, addr, 5*time.Second, "synchronized", synchronized)
+
+	chronyd.Stop()
+	killed := time.Now()
+	waitQuery(t, addr, 3*time.Second, "unsynchronized", unsynchronized)
+	if d := time.Since(killed); d > 1500*time.Millisecond {
+		t.Errorf("served stale state for %v after the backend died; the bound is 1s", d)
+	}
+	p.waitLog("serving unsynchronized replies", time.Second)
+
+	chronyd.Start()
+	waitQuery(t, addr, 5*time.Second, "synchronized again", synchronized)
+	if n := strings.Count(p.Log(), "synchronized to backend"); n != 2 {
+		t.Errorf("logged %d synchronizations, want 2:\n%s", n, p.Log())
+	}
+}
+
+// Before the backend ever answers, replies are unsynchronized, not zero.
+func TestNoBackend(t *testing.T) {
+	port := chronytest.FreePort(t)
+	startFastntp(t, "", "-a", loopback(port).String(), "-6", "0", "-s", loopback(chronytest.FreePort(t)).String())
+	waitQuery(t, loopback(port), 3*time.Second, "unsynchronized", unsynchronized)
+}
+
+// TestDropPrivileges binds as root, then runs as nobody inside a chroot,
+// and still serves.
+func TestDropPrivileges(t *testing.T) {
+	chronytest.RequireRoot(t)
+	chronyd := chronytest.StartChronyd(t, chronytest.Options{})
+	port := chronytest.FreePort(t)
+	root := t.TempDir()
+	os.Chmod(root, 0o755)
+	p := startFastntp(t, "", "-a", loopback(port).String(), "-6", "0", "-s", chronyd.Addr.String(),
+		"-u", "nobody", "-r", root)
+	p.waitLog("dropped privileges", 5*time.Second)
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if f := strings.Fields(line); len(f) == 5 && (f[0] == "Uid:" || f[0] == "Gid:") {
+			for _, id := range f[1:] {
+				if id != "65534" {
+					t.Errorf("%s, want every ID 65534 (nobody)", line)
+				}
+			}
+		}
+	}
+	if cwdRoot, err := os.Readlink(fmt.Sprintf("/proc/%d/root", p.cmd.Process.Pid)); err != nil || cwdRoot != root {
+		t.Errorf("process root %q (%v), want %q", cwdRoot, err, root)
+	}
+	waitQuery(t, loopback(port), 5*time.Second, "synchronized", synchronized)
+	if code := p.stop(); code != 0 {
+		t.Errorf("exit code %d", code)
+	}
+}
+
+func TestUnprivilegedUserSwitchFails(t *testing.T) {
+	if os.Geteuid() == 0 {
+		out, err := exec.Command(binary, "-a", "127.0.0.1:0", "-6", "0", "-u", "no-such-user-fastntp").CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "no-such-user-fastntp") {
+			t.Errorf("unknown user: %v\n%s", err, out)
+		}
+	}
+}

@@ -198,6 +198,9 @@ func TestListenErrors(t *testing.T) {
 // path, and on the portable path nothing beyond the source address x/net's
 // ReadBatch allocates.
 func TestServeAllocations(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are checked by the run without -race")
+	}
 	for _, tc := range []struct {
 		path batch.Path
 		max  float64

@@ -1,0 +1,123 @@
+package bench
+
+import (
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"text/tabwriter"
+	"time"
+)
+
+// Format selects how steps are written.
+type Format int
+
+const (
+	// Table is an aligned text table, one row per step, with ntpperf's
+	// columns.
+	Table Format = iota
+	// JSON is one JSON object per line.
+	JSON
+	// CSV has a header row.
+	CSV
+)
+
+// StepWriter writes steps as they complete.
+type StepWriter struct {
+	format Format
+	w      io.Writer
+	cw     *csv.Writer
+	header bool
+}
+
+// NewStepWriter returns a writer of steps in format f to w.
+func NewStepWriter(w io.Writer, f Format) *StepWriter {
+	sw := &StepWriter{format: f, w: w}
+	if f == CSV {
+		sw.cw = csv.NewWriter(w)
+	}
+	return sw
+}
+
+var csvHeader = []string{"target", "round", "rate", "request_rate", "clients", "sent", "lost_percent",
+	"invalid_percent", "kod_percent", "response_rate", "response_min_ns", "response_median_ns",
+	"response_p99_ns", "response_max_ns", "staleness_min_ns", "staleness_mean_ns", "staleness_max_ns",
+	"cpu_per_response_ns", "shortfall"}
+
+// Write writes one step.
+func (sw *StepWriter) Write(s Step) error {
+	switch sw.format {
+	case JSON:
+		b, err := json.Marshal(s)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(sw.w, "%s\n", b)
+		return err
+	case CSV:
+		if !sw.header {
+			sw.cw.Write(csvHeader)
+			sw.header = true
+		}
+		f := func(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
+		d := func(v time.Duration) string { return strconv.FormatInt(int64(v), 10) }
+		sw.cw.Write([]string{s.Target, strconv.Itoa(s.Round), f(s.Rate), f(s.RequestRate), strconv.Itoa(s.Clients),
+			strconv.FormatUint(s.Sent, 10), f(s.LostPercent), f(s.InvalidPercent), f(s.KoDPercent), f(s.ResponseRate),
+			d(s.ResponseTime.Min), d(s.ResponseTime.Median), d(s.ResponseTime.P99), d(s.ResponseTime.Max),
+			d(s.Staleness.Min), d(s.Staleness.Mean), d(s.Staleness.Max), d(s.CPUPerResponse), strconv.FormatBool(s.Shortfall)})
+		sw.cw.Flush()
+		return sw.cw.Error()
+	}
+	if !sw.header {
+		fmt.Fprintf(sw.w, "%-10s %3s %9s %7s | %7s %7s %6s | %11s | %-30s | %-22s | %s\n", "", "", "", "", "",
+			"", "", "", "  response time (µs)", "   staleness (µs)", "CPU")
+		fmt.Fprintf(sw.w, "%-10s %3s %9s %7s | %7s %7s %6s | %11s | %7s %7s %7s %7s | %6s %6s %7s | %s\n", "target", "", "rate",
+			"clients", "lost", "invalid", "kod", "responses/s", "min", "median", "p99", "max", "min", "mean", "max", "µs/resp")
+		sw.header = true
+	}
+	cpu := "-"
+	if s.CPUPerResponse > 0 {
+		cpu = micro(s.CPUPerResponse)
+	}
+	note := ""
+	if s.Shortfall {
+		note = fmt.Sprintf("  Could not send requests at rate %.0f", s.Rate)
+	}
+	_, err := fmt.Fprintf(sw.w, "%-10s %3s %9.0f %7d | %6.2f%% %6.2f%% %5.2f%% | %11.0f | %7s %7s %7s %7s | %6s %6s %7s | %7s%s\n",
+		s.Target, roundLabel(s.Round), s.Rate, s.Clients, s.LostPercent, s.InvalidPercent, s.KoDPercent, s.ResponseRate,
+		micro(s.ResponseTime.Min), micro(s.ResponseTime.Median), micro(s.ResponseTime.P99), micro(s.ResponseTime.Max),
+		micro(s.Staleness.Min), micro(s.Staleness.Mean), micro(s.Staleness.Max), cpu, note)
+	return err
+}
+
+func roundLabel(r int) string {
+	if r == 0 {
+		return ""
+	}
+	return "#" + strconv.Itoa(r)
+}
+
+func micro(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d)/1e3) }
+
+// WriteSummaries writes a comparison's summary table.
+func WriteSummaries(w io.Writer, summaries []Summary) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "target\tmax rate <1%% loss\tpeak responses/s\tratio\tCPU µs/response\tresponse µs median\tp99\tpeak per round\t\n")
+	for _, s := range summaries {
+		cpu := "-"
+		if s.CPUPerResponse > 0 {
+			cpu = micro(s.CPUPerResponse)
+		}
+		rounds := ""
+		for i, p := range s.PeakPerRound {
+			if i > 0 {
+				rounds += " "
+			}
+			rounds += strconv.FormatFloat(p, 'f', 0, 64)
+		}
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.2fx\t%s\t%s\t%s\t%s\t\n", s.Target, s.MaxRate, s.PeakResponse, s.Ratio, cpu,
+			micro(s.ResponseTime.Median), micro(s.ResponseTime.P99), rounds)
+	}
+	return tw.Flush()
+}

@@ -1,0 +1,263 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// TargetSpec names a server to measure. Its text form, for flags, is one of
+//
+//	NAME=addr:HOST:PORT        a server that is already running
+//	NAME=exec:COMMAND ARGS...  a command the bench starts and stops
+//	NAME=chronyd               a chronyd the bench configures as a plain server
+//
+// In a command, {port} becomes a free port on 127.0.0.1 and {addr:OTHER}
+// the address of the target named OTHER, started before it.
+type TargetSpec struct {
+	Name    string
+	Addr    netip.AddrPort // addr targets
+	Command []string       // exec targets
+	Chronyd bool
+}
+
+// ParseTargetSpec parses the text form.
+func ParseTargetSpec(s string) (TargetSpec, error) {
+	name, rest, ok := strings.Cut(s, "=")
+	if !ok || name == "" {
+		return TargetSpec{}, fmt.Errorf("target %q: want NAME=addr:HOST:PORT, NAME=exec:COMMAND or NAME=chronyd", s)
+	}
+	spec := TargetSpec{Name: name}
+	switch kind, arg, _ := strings.Cut(rest, ":"); kind {
+	case "addr":
+		ap, err := netip.ParseAddrPort(arg)
+		if err != nil {
+			return spec, fmt.Errorf("target %s: %w", name, err)
+		}
+		spec.Addr = ap
+	case "exec":
+		spec.Command = strings.Fields(arg)
+		if len(spec.Command) == 0 {
+			return spec, fmt.Errorf("target %s: empty command", name)
+		}
+	case "chronyd":
+		spec.Chronyd = true
+	default:
+		return spec, fmt.Errorf("target %s: unknown kind %q", name, kind)
+	}
+	return spec, nil
+}
+
+// StartOptions say how the bench runs the servers it starts.
+type StartOptions struct {
+	// CPUs pins started servers to these CPUs (taskset's list syntax,
+	// "1" or "2-3"); empty leaves them unpinned.
+	CPUs string
+	// CPUQuota, if positive, limits each started server to that fraction of
+	// one CPU with a cgroup (v2 cpu.max, or v1 cpu.cfs_quota_us).
+	CPUQuota float64
+	// AllowRemote permits addr targets that are not this host's.
+	AllowRemote bool
+}
+
+// Target is a server ready to measure.
+type Target struct {
+	Name string
+	Addr netip.AddrPort
+	// PID is the server's process if the bench started it, else 0.
+	PID    int
+	cmd    *exec.Cmd
+	dir    string
+	cgroup string
+}
+
+// StartTargets starts the targets in order and waits until each answers.
+// On error it stops those it started.
+func StartTargets(ctx context.Context, specs []TargetSpec, opts StartOptions) ([]*Target, error) {
+	var targets []*Target
+	fail := func(err error) ([]*Target, error) {
+		for _, t := range targets {
+			t.Stop()
+		}
+		return nil, err
+	}
+	for _, spec := range specs {
+		t := &Target{Name: spec.Name}
+		targets = append(targets, t)
+		if spec.Addr.IsValid() {
+			if err := CheckTarget(spec.Addr, opts.AllowRemote); err != nil {
+				return fail(err)
+			}
+			t.Addr = spec.Addr
+		} else if err := t.start(spec, targets, opts); err != nil {
+			return fail(fmt.Errorf("start %s: %w", spec.Name, err))
+		}
+		if err := waitAnswer(ctx, t, 10*time.Second); err != nil {
+			return fail(err)
+		}
+	}
+	return targets, nil
+}
+
+func (t *Target) start(spec TargetSpec, earlier []*Target, opts StartOptions) error {
+	dir, err := os.MkdirTemp("", "fastntp-bench-"+t.Name)
+	if err != nil {
+		return err
+	}
+	t.dir = dir
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	t.Addr = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
+	args := spec.Command
+	if spec.Chronyd {
+		conf := filepath.Join(dir, "chrony.conf")
+		err := os.WriteFile(conf, []byte(fmt.Sprintf("port %d\nbindaddress 127.0.0.1\nallow 127.0.0.0/8\ncmdport 0\n"+
+			"bindcmdaddress /\nlocal stratum 10\npidfile %s/chronyd.pid\n", port, dir)), 0o644)
+		if err != nil {
+			return err
+		}
+		args = []string{"chronyd", "-x", "-d", "-f", conf}
+		if os.Geteuid() == 0 {
+			args = append(args, "-u", "root")
+		}
+	}
+	expanded := make([]string, len(args))
+	for i, a := range args {
+		a = strings.ReplaceAll(a, "{port}", strconv.Itoa(int(port)))
+		for _, other := range earlier {
+			a = strings.ReplaceAll(a, "{addr:"+other.Name+"}", other.Addr.String())
+		}
+		if strings.Contains(a, "{") {
+			return fmt.Errorf("unknown placeholder in %q", a)
+		}
+		expanded[i] = a
+	}
+	if opts.CPUs != "" {
+		expanded = append([]string{"taskset", "-c", opts.CPUs}, expanded...)
+	}
+	log, err := os.Create(filepath.Join(dir, "output.log"))
+	if err != nil {
+		return err
+	}
+	defer log.Close()
+	t.cmd = exec.Command(expanded[0], expanded[1:]...)
+	t.cmd.Stdout, t.cmd.Stderr = log, log
+	if err := t.cmd.Start(); err != nil {
+		return err
+	}
+	t.PID = t.cmd.Process.Pid
+	if opts.CPUQuota > 0 {
+		cg, err := limitCPU(t.PID, t.Name, opts.CPUQuota)
+		if err != nil {
+			return err
+		}
+		t.cgroup = cg
+	}
+	return nil
+}
+
+// Log returns what a started target printed.
+func (t *Target) Log() string {
+	if t.dir == "" {
+		return ""
+	}
+	b, _ := os.ReadFile(filepath.Join(t.dir, "output.log"))
+	return string(b)
+}
+
+// Stop stops a target the bench started and removes its files.
+func (t *Target) Stop() {
+	if t.cmd != nil && t.cmd.Process != nil {
+		t.cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { t.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(3 * time.Second):
+			t.cmd.Process.Kill()
+			<-done
+		}
+		t.cmd = nil
+	}
+	if t.cgroup != "" {
+		os.Remove(t.cgroup)
+	}
+	if t.dir != "" {
+		os.RemoveAll(t.dir)
+		t.dir = ""
+	}
+}
+
+func waitAnswer(ctx context.Context, t *Target, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	var err error
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if t.cmd != nil && t.cmd.ProcessState != nil {
+			break
+		}
+		if _, err = Probe(ctx, t.Addr, 200*time.Millisecond); err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("target %s at %s did not answer within %v: %v\n%s", t.Name, t.Addr, timeout, err, t.Log())
+}
+
+func freePort() (uint16, error) {
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	return uint16(c.LocalAddr().(*net.UDPAddr).Port), nil
+}
+
+// limitCPU puts pid in a new cgroup limited to quota of one CPU and returns
+// the cgroup's directory.
+func limitCPU(pid int, name string, quota float64) (string, error) {
+	// A short period spreads the throttling finely; at the usual 100 ms a
+	// throttled server stalls for tens of milliseconds at a time.
+	const period = 10000 // µs
+	limit := int(quota * period)
+	group := fmt.Sprintf("fastntp-bench-%s-%d", name, pid)
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+		dir := filepath.Join("/sys/fs/cgroup", group)
+		return dir, writeCgroup(dir, map[string]string{"cpu.max": fmt.Sprintf("%d %d", limit, period)}, pid)
+	}
+	if _, err := os.Stat("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"); err == nil {
+		dir := filepath.Join("/sys/fs/cgroup/cpu", group)
+		return dir, writeCgroup(dir, map[string]string{
+			"cpu.cfs_period_us": strconv.Itoa(period),
+			"cpu.cfs_quota_us":  strconv.Itoa(limit),
+		}, pid)
+	}
+	return "", errors.New("no writable cgroup CPU controller (v2 cpu.max or v1 cpu) for --target-cpu-quota")
+}
+
+func writeCgroup(dir string, settings map[string]string, pid int) error {
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return fmt.Errorf("create cgroup: %w", err)
+	}
+	for _, file := range []string{"cpu.max", "cpu.cfs_period_us", "cpu.cfs_quota_us"} {
+		if v, ok := settings[file]; ok {
+			if err := os.WriteFile(filepath.Join(dir, file), []byte(v), 0); err != nil {
+				os.Remove(dir)
+				return fmt.Errorf("cgroup %s: %w", file, err)
+			}
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {
+		os.Remove(dir)
+		return fmt.Errorf("move %d into cgroup: %w", pid, err)
+	}
+	return nil
+}

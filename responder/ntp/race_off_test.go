@@ -1,0 +1,5 @@
+//go:build !race
+
+package ntp
+
+const raceEnabled = false

@@ -7,15 +7,17 @@
 GO        ?= go
 BIN       := bin
 FUZZTIME  ?= 10s
+BENCH_MIN_VS_CHRONYD   ?= 1.1
+BENCH_MIN_VS_UNBATCHED ?= 1.05
 # Debian packages the tests run for real: the backend, NTP clients, netns.
 TEST_DEPS := chronyd:chrony ntpdig:ntpsec-ntpdig sntp:sntp ip:iproute2
 
-.PHONY: all build demo test deps vet unit fuzz bench clean
+.PHONY: all build demo test deps vet unit fuzz bench bench-check clean
 
 all: build
 
 build:
-	$(GO) build -o $(BIN)/fastntp ./cmd/fastntp
+	$(GO) build -o $(BIN)/ ./cmd/fastntp ./cmd/fastntp-bench
 
 demo: build
 	./deploy/demo.sh $(BIN)/fastntp
@@ -56,3 +58,21 @@ bench:
 
 clean:
 	rm -rf $(BIN)
+
+# bench-check is CI's throughput regression check: fastntp as shipped against
+# its portable path, its unbatched self and chronyd, each server pinned to
+# CPU 1 with half of it (a cgroup quota) so that the servers, not the
+# generator on CPU 0, saturate. It fails only when shipped fastntp's median
+# peak falls below the margins, chosen from measurements in docs/benchmarking.md.
+BENCH_FASTNTP = $(CURDIR)/$(BIN)/fastntp -a 127.0.0.1:{port} -6 0 -s {addr:chronyd} --stats-interval 0
+bench-check: build
+	mkdir -p bench-results
+	$(BIN)/fastntp-bench compare --timeout 4m --rounds 3 \
+		--start 20000 --multiplier 1.5 --max 600000 --step 1s --fixed-rate 20000 \
+		--bench-cpus 0 --target-cpus 1 --target-cpu-quota 0.5 \
+		--target 'fastntp=exec:$(BENCH_FASTNTP)' \
+		--target 'portable=exec:$(BENCH_FASTNTP) --io-path portable' \
+		--target 'unbatched=exec:$(BENCH_FASTNTP) --batch-size 1' \
+		--target 'chronyd=chronyd' \
+		--require-ahead chronyd=$(BENCH_MIN_VS_CHRONYD) --require-ahead unbatched=$(BENCH_MIN_VS_UNBATCHED) \
+		--json-out bench-results/bench-check.json --plot bench-results/bench-check.png

@@ -203,8 +203,17 @@ func (a *accumulator) add(c *client, m *batch.Message) {
 		a.late++ // an answer to an earlier step
 		return
 	}
-	if idx != c.index || seq >= c.sent.Load() || seq >= uint64(len(a.seen))*64 || a.seen[seq/64]&(1<<(seq%64)) != 0 {
-		a.invalid++ // not a request of ours, or answered twice
+	if idx != c.index || seq >= c.sent.Load() {
+		a.invalid++ // not a request of ours
+		return
+	}
+	if need := int(seq/64) + 1; need > len(a.seen) {
+		// Round-robin gives clients uneven shares when the sender catches
+		// up in bursts; grow rather than misjudge.
+		a.seen = append(a.seen, make([]uint64, max(need-len(a.seen), len(a.seen)))...)
+	}
+	if a.seen[seq/64]&(1<<(seq%64)) != 0 {
+		a.invalid++ // answered twice
 		return
 	}
 	a.seen[seq/64] |= 1 << (seq % 64)

@@ -81,13 +81,13 @@ func Probe(ctx context.Context, addr netip.AddrPort, timeout time.Duration) (*Pr
 // String renders the reply's fields for people, as ntpdig does.
 func (r *ProbeResult) String() string {
 	h := r.Server
-	state := "synchronized"
+	state := "claims to be synchronized"
 	if !r.Synchronized() {
-		state = "NOT synchronized"
+		state = "is NOT synchronized"
 	}
 	return fmt.Sprintf("leap %d, version %d, mode %d, stratum %d, poll %d, precision %d\n"+
 		"root delay %.6fs, root dispersion %.6fs, reference ID %s, reference time %s\n"+
-		"offset %+.6fs, delay %.6fs: the server is %s",
+		"offset %+.6fs, delay %.6fs: the server %s",
 		h.Leap, h.Version, h.Mode, h.Stratum, h.Poll, h.Precision,
 		h.RootDelay.Seconds(), h.RootDispersion.Seconds(), formatReferenceID(h.ReferenceID, h.Stratum),
 		formatReferenceTime(h.ReferenceTime, r.Sent), r.Offset.Seconds(), r.Delay.Seconds(), state)

@@ -79,29 +79,38 @@ type Target struct {
 	cgroup string
 }
 
-// StartTargets starts the targets in order and waits until each answers.
-// On error it stops those it started.
+// StartTargets starts the targets and waits until each answers: running
+// servers and built-in chronyds first, then commands in the order given, so
+// a command can name any of the first kind in {addr:NAME}. The result is in
+// the order of specs. On error it stops those it started.
 func StartTargets(ctx context.Context, specs []TargetSpec, opts StartOptions) ([]*Target, error) {
-	var targets []*Target
+	targets := make([]*Target, len(specs))
+	var started []*Target
 	fail := func(err error) ([]*Target, error) {
-		for _, t := range targets {
+		for _, t := range started {
 			t.Stop()
 		}
 		return nil, err
 	}
-	for _, spec := range specs {
-		t := &Target{Name: spec.Name}
-		targets = append(targets, t)
-		if spec.Addr.IsValid() {
-			if err := CheckTarget(spec.Addr, opts.AllowRemote); err != nil {
+	for _, commands := range []bool{false, true} {
+		for i, spec := range specs {
+			if (spec.Command != nil) != commands {
+				continue
+			}
+			t := &Target{Name: spec.Name}
+			targets[i] = t
+			started = append(started, t)
+			if spec.Addr.IsValid() {
+				if err := CheckTarget(spec.Addr, opts.AllowRemote); err != nil {
+					return fail(err)
+				}
+				t.Addr = spec.Addr
+			} else if err := t.start(spec, started[:len(started)-1], opts); err != nil {
+				return fail(fmt.Errorf("start %s: %w", spec.Name, err))
+			}
+			if err := waitAnswer(ctx, t, 10*time.Second); err != nil {
 				return fail(err)
 			}
-			t.Addr = spec.Addr
-		} else if err := t.start(spec, targets, opts); err != nil {
-			return fail(fmt.Errorf("start %s: %w", spec.Name, err))
-		}
-		if err := waitAnswer(ctx, t, 10*time.Second); err != nil {
-			return fail(err)
 		}
 	}
 	return targets, nil

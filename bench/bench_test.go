@@ -1,0 +1,384 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/csv"
+	"encoding/json"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fastntp/fastntp/batch"
+	"github.com/fastntp/fastntp/internal/chronytest"
+	"github.com/fastntp/fastntp/responder"
+	"github.com/fastntp/fastntp/responder/ntp"
+	"github.com/fastntp/fastntp/upstream"
+)
+
+func TestRequestID(t *testing.T) {
+	for _, tc := range []struct {
+		step   uint32
+		client int
+		seq    uint64
+	}{{1, 0, 0}, {255, 65535, 1<<40 - 1}, {7, 31, 123456}} {
+		step, client, seq := splitID(requestID(tc.step, tc.client, tc.seq))
+		if step != tc.step || client != tc.client || seq != tc.seq {
+			t.Errorf("%+v came back as %d %d %d", tc, step, client, seq)
+		}
+	}
+}
+
+// reply builds a server reply to request id, as a message a client received.
+func reply(id uint64, mutate func(h *ntp.Header)) batch.Message {
+	now := time.Now()
+	h := ntp.Header{Version: 4, Mode: ntp.ModeServer, Stratum: 2, OriginTime: ntp.Time64(id),
+		ReceiveTime: ntp.TimeFrom(now.Add(-30 * time.Microsecond)), TransmitTime: ntp.TimeFrom(now.Add(-10 * time.Microsecond))}
+	if mutate != nil {
+		mutate(&h)
+	}
+	m := batch.Message{Buffer: make([]byte, 64), N: ntp.HeaderSize, Received: now}
+	h.Encode(m.Buffer)
+	return m
+}
+
+func TestAccounting(t *testing.T) {
+	c := &client{index: 3}
+	c.sent.Store(10)
+	c.acc = accumulator{step: 5, seen: make([]uint64, 1)}
+	add := func(m batch.Message) { c.acc.add(c, &m) }
+
+	add(reply(requestID(5, 3, 0), nil))                                                              // valid
+	add(reply(requestID(5, 3, 1), nil))                                                              // valid
+	add(reply(requestID(5, 3, 1), nil))                                                              // duplicate: invalid
+	add(reply(requestID(5, 4, 2), nil))                                                              // another client's: invalid
+	add(reply(requestID(5, 3, 10), nil))                                                             // never sent: invalid
+	add(reply(requestID(4, 3, 2), nil))                                                              // earlier step: late
+	add(reply(requestID(5, 3, 3), func(h *ntp.Header) { h.Mode = ntp.ModeClient }))                  // invalid
+	add(reply(requestID(5, 3, 4), func(h *ntp.Header) { h.Stratum, h.ReferenceID = 0, 0x52415445 })) // KoD
+	add(reply(requestID(5, 3, 5), func(h *ntp.Header) { h.Leap, h.Stratum = 3, 0 }))                 // unsynchronized, valid
+	short := reply(requestID(5, 3, 6), nil)
+	short.N = 40
+	add(short) // invalid
+	c.sent.Store(1000)
+	add(reply(requestID(5, 3, 900), nil)) // beyond the bitmap: grows, valid
+
+	a := c.acc
+	if a.valid != 4 || a.invalid != 5 || a.kod != 1 || a.late != 1 || a.unsynced != 1 {
+		t.Errorf("valid %d invalid %d kod %d late %d unsynced %d; want 4 5 1 1 1", a.valid, a.invalid, a.kod, a.late, a.unsynced)
+	}
+	if len(a.responseTimes) != 4 || a.responseTimes[0] < 19*time.Microsecond || a.responseTimes[0] > 21*time.Microsecond {
+		t.Errorf("response times %v, want four of 20µs", a.responseTimes)
+	}
+	if a.staleMin < 9*time.Microsecond || a.staleMax > 11*time.Microsecond {
+		t.Errorf("staleness %v..%v, want 10µs", a.staleMin, a.staleMax)
+	}
+	c.acc.done = true
+	add(reply(requestID(5, 3, 7), nil))
+	if c.acc.late != 2 {
+		t.Error("a reply after the step ended was not counted late")
+	}
+}
+
+func TestQuantilesAndMedian(t *testing.T) {
+	var d []time.Duration
+	for i := 100; i >= 1; i-- {
+		d = append(d, time.Duration(i))
+	}
+	if q := quantiles(d); q != (Quantiles{Min: 1, Median: 51, P99: 100, Max: 100}) {
+		t.Errorf("quantiles %+v", q)
+	}
+	if quantiles(nil) != (Quantiles{}) {
+		t.Error("quantiles of nothing")
+	}
+	if m := median([]float64{3, 1, 2}); m != 2 {
+		t.Errorf("median %v", m)
+	}
+	if m := median([]float64{4, 1, 2, 3}); m != 2.5 {
+		t.Errorf("median %v", m)
+	}
+}
+
+func TestCheckTarget(t *testing.T) {
+	tests := []struct {
+		addr        string
+		allowRemote bool
+		ok          bool
+	}{
+		{"127.0.0.1:123", false, true},
+		{"127.0.0.9:123", false, true},
+		{"[::1]:123", false, true},
+		{"192.0.2.1:123", false, false},
+		{"8.8.8.8:123", false, false},
+		{"[2001:db8::1]:123", false, false},
+		{"192.0.2.1:123", true, true},
+		{"127.0.0.1:0", false, false},
+	}
+	for _, tt := range tests {
+		err := CheckTarget(netip.MustParseAddrPort(tt.addr), tt.allowRemote)
+		if (err == nil) != tt.ok {
+			t.Errorf("CheckTarget(%s, %v) = %v", tt.addr, tt.allowRemote, err)
+		}
+	}
+	if _, err := NewFlooder(FloodConfig{Target: netip.MustParseAddrPort("192.0.2.1:123")}); err == nil {
+		t.Error("NewFlooder accepted a remote target")
+	}
+}
+
+func TestParseStat(t *testing.T) {
+	fields := "S 1 2 3 4 5 6 7 8 9 10 250 150 0 0"
+	for _, comm := range []string{"fastntp", "a b) (c", "x"} {
+		got, err := parseStat([]byte("4242 (" + comm + ") " + fields + "\n"))
+		if err != nil || got != 4*time.Second {
+			t.Errorf("comm %q: %v, %v; want 4s", comm, got, err)
+		}
+	}
+	for _, bad := range []string{"", "1 (x) S 1 2", "1 (x) S 1 2 3 4 5 6 7 8 9 10 u s"} {
+		if _, err := parseStat([]byte(bad)); err == nil {
+			t.Errorf("parseStat(%q) succeeded", bad)
+		}
+	}
+}
+
+func TestProcessCPU(t *testing.T) {
+	before, err := ProcessCPU(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(300 * time.Millisecond); time.Now().Before(deadline); {
+	}
+	after, err := ProcessCPU(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := after - before; d < 150*time.Millisecond || d > 2*time.Second {
+		t.Errorf("300ms of spinning read as %v of CPU", d)
+	}
+	if _, err := ProcessCPU(1 << 30); err == nil {
+		t.Error("ProcessCPU of no process succeeded")
+	}
+}
+
+// lossyServer answers every other request and sends one junk datagram per
+// request it drops, to check the generator's loss and invalid accounting.
+func lossyServer(t *testing.T) netip.AddrPort {
+	t.Helper()
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	go func() {
+		buf := make([]byte, 512)
+		for n := 0; ; n++ {
+			k, from, err := conn.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			if n%2 == 1 {
+				conn.WriteToUDP([]byte("junk"), from)
+				continue
+			}
+			now := ntp.TimeFrom(time.Now())
+			copy(buf[24:32], buf[40:48])
+			buf[0] = ntp.LeapVersionMode(0, 4, ntp.ModeServer)
+			buf[1] = 3
+			binary.BigEndian.PutUint64(buf[32:], uint64(now))
+			binary.BigEndian.PutUint64(buf[40:], uint64(now))
+			conn.WriteToUDP(buf[:k], from)
+		}
+	}()
+	return conn.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+func TestLossAndInvalidAccounting(t *testing.T) {
+	f, err := NewFlooder(FloodConfig{Target: lossyServer(t), Clients: 4, BatchSize: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	s, err := f.Run(context.Background(), 1000, 500*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Sent < 450 || s.Sent > 550 {
+		t.Fatalf("sent %d in 0.5s at 1000/s", s.Sent)
+	}
+	if s.Valid+s.Invalid != s.Sent || s.Invalid < s.Sent/2-2 || s.Invalid > s.Sent/2+2 {
+		t.Errorf("sent %d: valid %d, invalid %d; want half each", s.Sent, s.Valid, s.Invalid)
+	}
+	if s.LostPercent < 45 || s.LostPercent > 55 || s.InvalidPercent < 45 || s.InvalidPercent > 55 {
+		t.Errorf("lost %.1f%%, invalid %.1f%%; want about 50%% each", s.LostPercent, s.InvalidPercent)
+	}
+}
+
+func TestPacing(t *testing.T) {
+	f, err := NewFlooder(FloodConfig{Target: lossyServer(t), Clients: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, rate := range []float64{200, 2000, 20000} {
+		s, err := f.Run(context.Background(), rate, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Shortfall || s.RequestRate < 0.97*rate || s.RequestRate > 1.03*rate {
+			t.Errorf("asked %v/s, sent %.0f/s (shortfall %v)", rate, s.RequestRate, s.Shortfall)
+		}
+	}
+}
+
+func TestParseTargetSpec(t *testing.T) {
+	for _, tc := range []struct {
+		in string
+		ok bool
+	}{
+		{"a=addr:127.0.0.1:123", true},
+		{"b=exec:fastntp -a 127.0.0.1:{port}", true},
+		{"c=chronyd", true},
+		{"=chronyd", false},
+		{"d=exec:", false},
+		{"e=addr:nowhere", false},
+		{"f=ftp:x", false},
+		{"127.0.0.1:123", false},
+	} {
+		if _, err := ParseTargetSpec(tc.in); (err == nil) != tc.ok {
+			t.Errorf("ParseTargetSpec(%q) = %v", tc.in, err)
+		}
+	}
+}
+
+// startFastntp serves fastntp in-process, mirroring a real chronyd.
+func startFastntp(t *testing.T, backend netip.AddrPort) netip.AddrPort {
+	t.Helper()
+	poller, err := upstream.New(upstream.Config{Server: backend})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := responder.Listen(responder.Config{
+		Listeners:     []responder.Listener{{Address: netip.MustParseAddrPort("127.0.0.1:0"), Workers: 2}},
+		Source:        poller,
+		ReceiveBuffer: 4 << 20,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{}, 2)
+	go func() { poller.Run(ctx); done <- struct{}{} }()
+	go func() { srv.Serve(ctx); done <- struct{}{} }()
+	t.Cleanup(func() { cancel(); <-done; <-done })
+	for deadline := time.Now().Add(3 * time.Second); !poller.Load().Valid(time.Now()); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("fastntp did not synchronize")
+		}
+	}
+	return srv.Addrs()[0]
+}
+
+// TestEndToEnd runs a short ramp against a real chronyd and against fastntp
+// mirroring it: every reply must match, none be invalid, and nothing be lost
+// at these modest rates.
+func TestEndToEnd(t *testing.T) {
+	chronytest.Require(t, "chronyd")
+	targets, err := StartTargets(context.Background(), []TargetSpec{{Name: "chronyd", Chronyd: true}}, StartOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer targets[0].Stop()
+	servers := map[string]netip.AddrPort{"chronyd": targets[0].Addr, "fastntp": startFastntp(t, targets[0].Addr)}
+	for name, addr := range servers {
+		t.Run(name, func(t *testing.T) {
+			pid := 0
+			if name == "chronyd" {
+				pid = targets[0].PID
+			}
+			f, err := NewFlooder(FloodConfig{Target: addr, Clients: 8, TargetPID: pid})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			steps, err := f.Ramp(context.Background(), RampConfig{Start: 1000, Multiplier: 2, Max: 4000, StepDuration: 300 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(steps) != 3 {
+				t.Fatalf("%d steps, want 3 (1000, 2000, 4000/s)", len(steps))
+			}
+			for _, s := range steps {
+				if s.Sent == 0 || s.Valid != s.Sent || s.Invalid != 0 || s.KoD != 0 || s.Unsynced != 0 || s.LostPercent != 0 {
+					t.Errorf("rate %.0f: sent %d valid %d invalid %d kod %d unsynced %d lost %.2f%%",
+						s.Rate, s.Sent, s.Valid, s.Invalid, s.KoD, s.Unsynced, s.LostPercent)
+				}
+				if s.ResponseTime.Min <= 0 || s.ResponseTime.Max > 50*time.Millisecond || s.Staleness.Min <= 0 {
+					t.Errorf("rate %.0f: response time %+v, staleness %+v", s.Rate, s.ResponseTime, s.Staleness)
+				}
+				if pid != 0 && s.CPUPerResponse <= 0 {
+					t.Errorf("rate %.0f: no CPU time per response for pid %d", s.Rate, pid)
+				}
+			}
+			if maxRate, peak := Saturation(steps, 1); maxRate != 4000 || peak < 3500 {
+				t.Errorf("saturation %v, peak %v", maxRate, peak)
+			}
+		})
+	}
+}
+
+func TestReports(t *testing.T) {
+	steps := []Step{
+		{Target: "a", Round: 1, Rate: 1000, RequestRate: 1000, Sent: 1000, Valid: 1000, ResponseRate: 1000, ResponseTime: Quantiles{Median: 5000}},
+		{Target: "a", Round: 1, Rate: 2000, RequestRate: 2000, Sent: 2000, Valid: 1500, LostPercent: 25, ResponseRate: 1500},
+		{Target: "b", Round: 1, Rate: 1000, RequestRate: 500, Shortfall: true},
+	}
+	var table, js, cs bytes.Buffer
+	for _, f := range []struct {
+		w   *bytes.Buffer
+		fmt Format
+	}{{&table, Table}, {&js, JSON}, {&cs, CSV}} {
+		sw := NewStepWriter(f.w, f.fmt)
+		for _, s := range steps {
+			if err := sw.Write(s); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if !strings.Contains(table.String(), "25.00%") || !strings.Contains(table.String(), "Could not send requests at rate 1000") {
+		t.Errorf("table:\n%s", table.String())
+	}
+	lines := strings.Split(strings.TrimSpace(js.String()), "\n")
+	var back Step
+	if len(lines) != 3 || json.Unmarshal([]byte(lines[1]), &back) != nil || back.LostPercent != 25 {
+		t.Errorf("JSON lines:\n%s", js.String())
+	}
+	records, err := csv.NewReader(&cs).ReadAll()
+	if err != nil || len(records) != 4 || records[0][0] != "target" || records[2][6] != "25" {
+		t.Errorf("CSV %v, %v", records, err)
+	}
+	var sum bytes.Buffer
+	WriteSummaries(&sum, []Summary{{Target: "a", PeakResponse: 1500, Ratio: 1, PeakPerRound: []float64{1500}}})
+	if !strings.Contains(sum.String(), "1500") {
+		t.Errorf("summary:\n%s", sum.String())
+	}
+	for _, name := range []string{"p.png", "p.svg"} {
+		path := filepath.Join(t.TempDir(), name)
+		if err := Plot(path, "test", steps); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(path)
+		if err != nil || len(b) < 1000 {
+			t.Errorf("%s: %d bytes, %v", name, len(b), err)
+		}
+	}
+	if err := Plot(filepath.Join(t.TempDir(), "p.gif"), "", steps); err == nil {
+		t.Error("Plot accepted a .gif")
+	}
+	if maxRate, peak := Saturation(steps, 1); maxRate != 1000 || peak != 1500 {
+		t.Errorf("Saturation = %v, %v", maxRate, peak)
+	}
+}

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"bytes"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fastntp/fastntp/responder/ntp"
+)
+
+func TestRunErrors(t *testing.T) {
+	tests := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{nil, 2, "Usage"},
+		{[]string{"frobnicate"}, 2, "unknown command"},
+		{[]string{"probe"}, 2, "want one ADDRESS:PORT"},
+		{[]string{"probe", "8.8.8.8:123"}, 1, "not an address of this host"},
+		{[]string{"ramp"}, 2, "takes one --target"},
+		{[]string{"ramp", "--target", "1.2.3.4:123"}, 1, "not an address of this host"},
+		{[]string{"fixed", "--target", "a=ftp:x"}, 2, "unknown kind"},
+		{[]string{"compare", "--target", "a=chronyd", "--require-ahead", "b=1.2"}, 2, "no target after the first"},
+		{[]string{"ramp", "--target", "127.0.0.1:123", "--json", "--csv"}, 2, "exclude each other"},
+		{[]string{"help"}, 0, ""},
+	}
+	for _, tt := range tests {
+		var out, errOut bytes.Buffer
+		code := run(tt.args, &out, &errOut)
+		if code != tt.code || !strings.Contains(out.String()+errOut.String(), tt.want) {
+			t.Errorf("%v: exit %d, output %q%q; want exit %d mentioning %q", tt.args, code, out.String(), errOut.String(), tt.code, tt.want)
+		}
+	}
+}
+
+func TestProbe(t *testing.T) {
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	go func() {
+		buf := make([]byte, 100)
+		n, from, err := conn.ReadFromUDP(buf)
+		if err != nil || n < ntp.HeaderSize {
+			return
+		}
+		h := ntp.Header{Leap: ntp.LeapUnsynchronized, Version: 4, Mode: ntp.ModeServer}
+		h.OriginTime = ntp.Time64(uint64(buf[40])<<56 | uint64(buf[41])<<48 | uint64(buf[42])<<40 | uint64(buf[43])<<32 |
+			uint64(buf[44])<<24 | uint64(buf[45])<<16 | uint64(buf[46])<<8 | uint64(buf[47]))
+		h.ReceiveTime = ntp.TimeFrom(time.Now())
+		h.TransmitTime = h.ReceiveTime
+		h.Encode(buf)
+		conn.WriteToUDP(buf[:ntp.HeaderSize], from)
+	}()
+	var out, errOut bytes.Buffer
+	if code := run([]string{"probe", conn.LocalAddr().String()}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	if !strings.Contains(out.String(), "leap 3") || !strings.Contains(out.String(), "NOT synchronized") {
+		t.Errorf("probe output:\n%s", out.String())
+	}
+}

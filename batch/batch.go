@@ -181,6 +181,21 @@ func Listen(cfg Config) (Conn, error) {
 	return nil, fmt.Errorf("batch: unknown path %v", cfg.Path)
 }
 
+// received records one datagram as the kernel reported it: its length, its
+// source, its msg_flags and its control data. It returns the kernel's drop
+// counter if the control data carried it.
+func (m *Message) received(n int, peer netip.AddrPort, msgFlags int, control []byte) (drops uint32, hasDrops bool) {
+	m.N, m.Peer = n, peer
+	m.Local, m.Interface, m.Received, m.Flags = netip.Addr{}, 0, time.Time{}, 0
+	if msgFlags&msgTrunc != 0 {
+		m.Flags |= Truncated
+	}
+	if msgFlags&msgCtrunc != 0 {
+		m.Flags |= ControlTruncated
+	}
+	return parseControl(control, m)
+}
+
 // NewMessages returns n messages, each with its own buffer of size bytes.
 func NewMessages(n, size int) []Message {
 	slab := make([]byte, n*size)

@@ -8,7 +8,6 @@ import (
 	"os"
 	"runtime"
 	"sync/atomic"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -173,17 +172,9 @@ func (c *fastConn) ReadBatch(msgs []Message) (int, error) {
 	runtime.KeepAlive(msgs)
 	for i := range got {
 		h := &s.hdrs[i]
-		m := &msgs[i]
-		m.N = int(h.Len)
-		m.Peer = decodeSockaddr(&s.names[i])
-		m.Local, m.Interface, m.Received, m.Flags = netip.Addr{}, 0, time.Time{}, 0
-		if h.Hdr.Flags&unix.MSG_TRUNC != 0 {
-			m.Flags |= Truncated
-		}
-		if h.Hdr.Flags&unix.MSG_CTRUNC != 0 {
-			m.Flags |= ControlTruncated
-		}
-		if drops, ok := parseControl(s.control[i*s.ctlSize:][:h.Hdr.Controllen], m); ok && i == got-1 {
+		drops, ok := msgs[i].received(int(h.Len), decodeSockaddr(&s.names[i]), int(h.Hdr.Flags),
+			s.control[i*s.ctlSize:][:h.Hdr.Controllen])
+		if ok && i == got-1 {
 			// The counter is cumulative; the newest datagram has the
 			// latest value.
 			c.drops.Store(uint64(drops))

@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"sync/atomic"
 	"syscall"
-	"time"
 
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
@@ -104,21 +103,12 @@ func (c *portableConn) ReadBatch(msgs []Message) (int, error) {
 	}
 	for i := range got {
 		r := &c.recv[i]
-		m := &msgs[i]
-		m.N = r.N
-		m.Peer = netip.AddrPort{}
+		var peer netip.AddrPort
 		if ua, ok := r.Addr.(*net.UDPAddr); ok {
 			ap := ua.AddrPort()
-			m.Peer = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+			peer = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 		}
-		m.Local, m.Interface, m.Received, m.Flags = netip.Addr{}, 0, time.Time{}, 0
-		if r.Flags&msgTrunc != 0 {
-			m.Flags |= Truncated
-		}
-		if r.Flags&msgCtrunc != 0 {
-			m.Flags |= ControlTruncated
-		}
-		if drops, ok := parseControl(r.OOB[:r.NN], m); ok && i == got-1 {
+		if drops, ok := msgs[i].received(r.N, peer, r.Flags, r.OOB[:r.NN]); ok && i == got-1 {
 			c.drops.Store(uint64(drops))
 		}
 	}

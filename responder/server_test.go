@@ -73,6 +73,18 @@ func startServer(t testing.TB, cfg Config) *Server {
 	return srv
 }
 
+// waitCounters returns the server's counters once done accepts them, or
+// after a second.
+func waitCounters(srv *Server, done func(Counters) bool) Counters {
+	deadline := time.Now().Add(time.Second)
+	c := srv.Counters()
+	for !done(c) && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+		c = srv.Counters()
+	}
+	return c
+}
+
 func loopbackListeners(workers int) []Listener {
 	return []Listener{
 		{Address: netip.MustParseAddrPort("127.0.0.1:0"), Workers: workers},
@@ -100,7 +112,10 @@ func TestServeBothFamilies(t *testing.T) {
 					t.Errorf("%s: receive %v, transmit %v outside [%v, %v]", addr, rx, tx, before, after)
 				}
 			}
-			if c := srv.Counters(); c.Replied != 2 || c.Received != 2 || c.MissingTimestamps != 0 {
+			// A worker publishes its counts after the send returns, which
+			// can be after the client has its reply.
+			c := waitCounters(srv, func(c Counters) bool { return c.Replied == 2 })
+			if c.Replied != 2 || c.Received != 2 || c.MissingTimestamps != 0 {
 				t.Errorf("counters %+v", c)
 			}
 		})
@@ -148,7 +163,7 @@ func TestManyConcurrentClients(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if c := srv.Counters(); c.Replied != clients*requests {
+	if c := waitCounters(srv, func(c Counters) bool { return c.Replied == clients*requests }); c.Replied != clients*requests {
 		t.Errorf("replied %d, want %d (counters %+v)", c.Replied, clients*requests, c)
 	}
 }

@@ -7,8 +7,7 @@
 package chronytest
 
 import (
-	"encoding/binary"
-	"errors"
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -20,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fastntp/fastntp/bench"
 	"github.com/fastntp/fastntp/responder/ntp"
 )
 
@@ -185,33 +185,12 @@ func (c *Chronyd) Log() string {
 	return string(b)
 }
 
-// Query sends one NTPv4 client request to addr and returns the reply's
-// header. It checks that the reply answers this request.
+// Query sends one NTPv4 client request to addr and returns the header of
+// the reply that answers it.
 func Query(addr netip.AddrPort, timeout time.Duration) (ntp.Header, error) {
-	var h ntp.Header
-	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(addr))
+	r, err := bench.Probe(context.Background(), addr, timeout)
 	if err != nil {
-		return h, err
+		return ntp.Header{}, err
 	}
-	defer conn.Close()
-	req := make([]byte, ntp.HeaderSize)
-	req[0] = ntp.LeapVersionMode(0, 4, ntp.ModeClient)
-	cookie := rand.Uint64()
-	binary.BigEndian.PutUint64(req[40:], cookie)
-	conn.SetDeadline(time.Now().Add(timeout))
-	if _, err := conn.Write(req); err != nil {
-		return h, err
-	}
-	buf := make([]byte, 1500)
-	n, err := conn.Read(buf)
-	if err != nil {
-		return h, err
-	}
-	if err := h.Parse(buf[:n]); err != nil {
-		return h, err
-	}
-	if uint64(h.OriginTime) != cookie {
-		return h, errors.New("reply's origin timestamp does not match the request")
-	}
-	return h, nil
+	return r.Server, nil
 }

@@ -1,0 +1,97 @@
+package bench_test
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/fastntp/fastntp/bench"
+	"github.com/fastntp/fastntp/internal/chronytest"
+	"github.com/fastntp/fastntp/responder"
+	"github.com/fastntp/fastntp/upstream"
+)
+
+// startFastntp serves fastntp in-process, mirroring a real chronyd.
+func startFastntp(t *testing.T, backend netip.AddrPort) netip.AddrPort {
+	t.Helper()
+	poller, err := upstream.New(upstream.Config{Server: backend})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := responder.Listen(responder.Config{
+		Listeners:     []responder.Listener{{Address: netip.MustParseAddrPort("127.0.0.1:0"), Workers: 2}},
+		Source:        poller,
+		ReceiveBuffer: 4 << 20,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{}, 2)
+	go func() { poller.Run(ctx); done <- struct{}{} }()
+	go func() { srv.Serve(ctx); done <- struct{}{} }()
+	t.Cleanup(func() { cancel(); <-done; <-done })
+	for deadline := time.Now().Add(3 * time.Second); !poller.Load().Valid(time.Now()); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("fastntp did not synchronize")
+		}
+	}
+	return srv.Addrs()[0]
+}
+
+// TestEndToEnd runs a short ramp against a real chronyd and against fastntp
+// mirroring it: every reply must match, none be invalid, and nothing be lost
+// at these modest rates.
+func TestEndToEnd(t *testing.T) {
+	chronytest.Require(t, "chronyd")
+	targets, err := bench.StartTargets(context.Background(), []bench.TargetSpec{{Name: "chronyd", Chronyd: true}}, bench.StartOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer targets[0].Stop()
+	servers := map[string]netip.AddrPort{"chronyd": targets[0].Addr, "fastntp": startFastntp(t, targets[0].Addr)}
+	for name, addr := range servers {
+		t.Run(name, func(t *testing.T) {
+			pid := 0
+			if name == "chronyd" {
+				pid = targets[0].PID
+			}
+			f, err := bench.NewFlooder(bench.FloodConfig{Target: addr, Clients: 8, TargetPID: pid})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			steps, err := f.Ramp(context.Background(), bench.RampConfig{Start: 1000, Multiplier: 2, Max: 4000, StepDuration: 300 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(steps) != 3 {
+				t.Fatalf("%d steps, want 3 (1000, 2000, 4000/s)", len(steps))
+			}
+			for _, s := range steps {
+				if s.Sent == 0 || s.Valid != s.Sent || s.Invalid != 0 || s.KoD != 0 || s.Unsynced != 0 || s.LostPercent != 0 {
+					t.Errorf("rate %.0f: sent %d valid %d invalid %d kod %d unsynced %d lost %.2f%%",
+						s.Rate, s.Sent, s.Valid, s.Invalid, s.KoD, s.Unsynced, s.LostPercent)
+				}
+				if s.ResponseTime.Min <= 0 || s.ResponseTime.Max > 50*time.Millisecond || s.Staleness.Min <= 0 {
+					t.Errorf("rate %.0f: response time %+v, staleness %+v", s.Rate, s.ResponseTime, s.Staleness)
+				}
+			}
+			if maxRate, peak := bench.Saturation(steps, 1); maxRate != 4000 || peak < 3500 {
+				t.Errorf("saturation %v, peak %v", maxRate, peak)
+			}
+			if pid != 0 {
+				// /proc counts CPU time in 10 ms ticks: a second at 20000/s
+				// gives the server enough of them to measure.
+				s, err := f.Run(context.Background(), 20000, time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if s.CPUPerResponse < 500*time.Nanosecond || s.CPUPerResponse > time.Millisecond {
+					t.Errorf("CPU per response %v at 20000/s", s.CPUPerResponse)
+				}
+			}
+		})
+	}
+}

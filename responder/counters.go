@@ -37,12 +37,18 @@ const (
 	numCounts
 )
 
+// cacheLine is larger than the cache line of the CPUs fastntp runs on (64
+// bytes, 128 with adjacent-line prefetch).
+const cacheLine = 128
+
 // workerCounters belong to one worker, which adds to them once per batch.
-// Padding keeps each worker's counters on cache lines of their own, so
-// workers on different cores never contend for one.
+// Padding on both sides keeps them off the cache lines of whatever memory
+// neighbours them, another worker's included, so workers on different cores
+// never contend for a line.
 type workerCounters struct {
+	_      [cacheLine]byte
 	counts [numCounts]atomic.Uint64
-	_      [128 - (numCounts*8)%128]byte
+	_      [cacheLine]byte
 }
 
 // add publishes a batch's counts and clears them.

@@ -286,9 +286,6 @@ type Spread struct {
 	Max  time.Duration `json:"max_ns"`
 }
 
-// ErrShortfall marks a step the generator could not send at the asked rate.
-var ErrShortfall = errors.New("could not send requests at the asked rate")
-
 // Run sends requests at rate per second for d, waits ReplyWait for the last
 // replies, and returns the step's figures. It stops early, with ctx's
 // error, if ctx ends.

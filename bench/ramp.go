@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 )
@@ -79,7 +78,3 @@ func Saturation(steps []Step, lossLimit float64) (maxRate, peakResponse float64)
 	}
 	return maxRate, peakResponse
 }
-
-// ErrGeneratorLimited is returned when every step of a measurement was
-// limited by the generator rather than the server.
-var ErrGeneratorLimited = errors.New("bench: the generator, not the server, limited every step")

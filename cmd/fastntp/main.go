@@ -56,9 +56,6 @@ type options struct {
 	showVersion               bool
 }
 
-// errHelp means the usage was asked for and printed.
-var errHelp = flag.ErrHelp
-
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	o := &options{}
 	fs := flag.NewFlagSet("fastntp", flag.ContinueOnError)
@@ -192,7 +189,7 @@ func parseAddress(s string, v6 bool) (netip.AddrPort, error) {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	o, err := parseFlags(args, stderr)
-	if errors.Is(err, errHelp) {
+	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
 	if err != nil {

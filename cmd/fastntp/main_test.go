@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -226,7 +227,7 @@ func TestRealClients(t *testing.T) {
 				if err := json.Unmarshal(bytes.TrimSpace(out), &reply); err != nil {
 					t.Fatalf("%s output %q: %v", client, out, err)
 				}
-				if reply.Stratum != 10 || reply.Leap != "no-leap" || abs(reply.Offset) > 0.001 {
+				if reply.Stratum != 10 || reply.Leap != "no-leap" || math.Abs(reply.Offset) > 0.001 {
 					t.Errorf("%s says stratum %d, leap %s, offset %v s; want chronyd's stratum 10, no leap, under 1 ms",
 						client, reply.Stratum, reply.Leap, reply.Offset)
 				}
@@ -241,7 +242,7 @@ func TestRealClients(t *testing.T) {
 		if err != nil || m == nil {
 			t.Fatalf("chronyd -Q: %v\n%s", err, out)
 		}
-		if off, _ := strconv.ParseFloat(string(m[1]), 64); abs(off) > 0.001 {
+		if off, _ := strconv.ParseFloat(string(m[1]), 64); math.Abs(off) > 0.001 {
 			t.Errorf("chronyd -Q measured %v s, want under 1 ms", off)
 		}
 	})
@@ -251,13 +252,6 @@ func TestRealClients(t *testing.T) {
 	if log := p.Log(); !strings.Contains(log, "stopped") || !regexp.MustCompile(`"replied": ([1-9][0-9]*)`).MatchString(log) {
 		t.Errorf("no final counters line with replies:\n%s", log)
 	}
-}
-
-func abs(f float64) float64 {
-	if f < 0 {
-		return -f
-	}
-	return f
 }
 
 // TestBackendLoss kills the backend under a running fastntp: replies turn

@@ -26,6 +26,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/fastntp/fastntp/batch"
 	"github.com/fastntp/fastntp/bench"
 )
 
@@ -129,6 +130,7 @@ func load(ctx context.Context, mode string, args []string, stdout, stderr io.Wri
 	fixedRate := fs.Float64("fixed-rate", 0, "compare: also run each target at this common rate to measure CPU per response (0: no)")
 	clients := fs.Int("clients", 32, "simulated clients (sockets), spread over 127.0.0.1-127.0.0.4 on loopback")
 	batchSize := fs.Int("batch", 32, "requests per send call")
+	clientIO := fs.String("client-io", "portable", "clients' socket I/O: portable (x/net, one poller for all sockets) or fast (a blocking thread per socket)")
 	benchCPUs := fs.String("bench-cpus", "", "pin the generator to these CPUs (taskset list, e.g. 0)")
 	targetCPUs := fs.String("target-cpus", "", "pin started servers to these CPUs (e.g. 1)")
 	quota := fs.Float64("target-cpu-quota", 0, "limit each started server to this fraction of a CPU with a cgroup (e.g. 0.5)")
@@ -166,8 +168,12 @@ func load(ctx context.Context, mode string, args []string, stdout, stderr io.Wri
 	if err != nil {
 		return usageError{err}
 	}
+	clientPath, err := batch.ParsePath(*clientIO)
+	if err != nil {
+		return usageError{fmt.Errorf("--client-io: %w", err)}
+	}
 	ramp := bench.RampConfig{Start: *start, Multiplier: *multiplier, Max: *maxRate, StepDuration: *stepDuration, MaxLossPercent: *maxLoss}
-	flood := bench.FloodConfig{Clients: *clients, BatchSize: *batchSize, AllowRemote: *allowRemote}
+	flood := bench.FloodConfig{Clients: *clients, BatchSize: *batchSize, AllowRemote: *allowRemote, Path: clientPath}
 
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()

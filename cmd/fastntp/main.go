@@ -291,7 +291,6 @@ func serve(ctx context.Context, o *options, logger *zap.Logger) error {
 
 func logStart(logger *zap.Logger, o *options, srv *responder.Server) {
 	sockets := srv.Sockets()
-	first := sockets[0]
 	addrs := make([]string, 0, len(sockets))
 	for _, s := range srv.Addrs() {
 		addrs = append(addrs, s.String())
@@ -301,25 +300,30 @@ func logStart(logger *zap.Logger, o *options, srv *responder.Server) {
 		zap.Strings("addresses", addrs),
 		zap.Int("ipv4_threads", o.ipv4Threads),
 		zap.Int("ipv6_threads", o.ipv6Threads),
-		zap.Int("sockets", len(sockets)),
-		zap.Stringer("io_path", first.Path),
+		zap.Stringer("io_path", sockets[0].Path),
 		zap.Int("batch_size", o.batchSize),
-		zap.Int("receive_buffer", first.ReceiveBuffer),
-		zap.Int("send_buffer", first.SendBuffer),
-		zap.Bool("kernel_timestamps", first.Timestamps),
-		zap.Bool("packet_info", first.PacketInfo),
 		zap.Stringer("backend", o.server),
 		zap.Duration("poll_interval", o.pollInterval),
 		zap.Duration("max_age", o.maxAge),
 		zap.Duration("max_offset", o.maxOffset))
-	for _, s := range sockets {
+	// What the kernel granted, once per address: every socket of an address
+	// is opened alike.
+	for i, s := range sockets {
+		if i > 0 && sockets[i-1].Address == s.Address {
+			continue
+		}
+		logger.Info("socket",
+			zap.Stringer("address", s.Address),
+			zap.Int("receive_buffer", s.ReceiveBuffer),
+			zap.Int("send_buffer", s.SendBuffer),
+			zap.Bool("kernel_timestamps", s.Timestamps),
+			zap.Bool("packet_info", s.PacketInfo))
 		if !s.Timestamps {
-			logger.Warn("socket has no kernel receive timestamps; receive times are read after the system call", zap.Stringer("address", s.Address))
+			logger.Warn("no kernel receive timestamps; receive times are read after each receive call", zap.Stringer("address", s.Address))
 		}
 		if o.receiveBuffer > 0 && s.ReceiveBuffer < o.receiveBuffer {
 			logger.Warn("kernel granted a smaller receive buffer than asked (raise net.core.rmem_max or grant CAP_NET_ADMIN)",
 				zap.Stringer("address", s.Address), zap.Int("asked", o.receiveBuffer), zap.Int("granted", s.ReceiveBuffer))
-			break
 		}
 	}
 }

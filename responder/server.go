@@ -235,6 +235,11 @@ func (w *worker) run() {
 		}
 		backoff = 0
 		if err := w.serveBatch(n); err != nil {
+			// Only an unusable socket fails a whole send; closing is the
+			// normal way, anything else leaves this address one worker short.
+			if !errors.Is(err, net.ErrClosed) {
+				w.logger.Error("worker stopped", zap.Stringer("address", w.conn.LocalAddr()), zap.Error(err))
+			}
 			return
 		}
 	}

@@ -267,7 +267,9 @@ func TestBackendLoss(t *testing.T) {
 	chronyd.Stop()
 	killed := time.Now()
 	waitQuery(t, addr, 3*time.Second, "unsynchronized", unsynchronized)
-	if d := time.Since(killed); d > 1500*time.Millisecond {
+	// The bound is 1 s; the rest is slack for a busy test machine. Serving
+	// the last state for ever, as rsntp does, fails this.
+	if d := time.Since(killed); d > 2*time.Second {
 		t.Errorf("served stale state for %v after the backend died; the bound is 1s", d)
 	}
 	p.waitLog("serving unsynchronized replies", time.Second)

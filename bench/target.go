@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -75,6 +76,7 @@ type Target struct {
 	// PID is the server's process if the bench started it, else 0.
 	PID    int
 	cmd    *exec.Cmd
+	done   chan struct{} // closed when cmd has exited
 	dir    string
 	cgroup string
 }
@@ -105,10 +107,25 @@ func StartTargets(ctx context.Context, specs []TargetSpec, opts StartOptions) ([
 					return fail(err)
 				}
 				t.Addr = spec.Addr
-			} else if err := t.start(spec, started[:len(started)-1], opts); err != nil {
-				return fail(fmt.Errorf("start %s: %w", spec.Name, err))
+				if err := waitAnswer(ctx, t, 10*time.Second); err != nil {
+					return fail(err)
+				}
+				continue
 			}
-			if err := waitAnswer(ctx, t, 10*time.Second); err != nil {
+			// A server that exits before it answers may have lost its port
+			// to another process between FreePort and its bind: try again
+			// on another port.
+			var err error
+			for attempt := 0; attempt < 3; attempt++ {
+				if err = t.start(spec, started[:len(started)-1], opts); err != nil {
+					return fail(fmt.Errorf("start %s: %w", spec.Name, err))
+				}
+				if err = waitAnswer(ctx, t, 10*time.Second); err == nil || !t.exited() {
+					break
+				}
+				t.Stop()
+			}
+			if err != nil {
 				return fail(err)
 			}
 		}
@@ -122,7 +139,7 @@ func (t *Target) start(spec TargetSpec, earlier []*Target, opts StartOptions) er
 		return err
 	}
 	t.dir = dir
-	port, err := freePort()
+	port, err := FreePort()
 	if err != nil {
 		return err
 	}
@@ -165,6 +182,11 @@ func (t *Target) start(spec TargetSpec, earlier []*Target, opts StartOptions) er
 		return err
 	}
 	t.PID = t.cmd.Process.Pid
+	t.done = make(chan struct{})
+	go func(cmd *exec.Cmd, done chan struct{}) {
+		cmd.Wait()
+		close(done)
+	}(t.cmd, t.done)
 	if opts.CPUQuota > 0 {
 		cg, err := limitCPU(t.PID, t.Name, opts.CPUQuota)
 		if err != nil {
@@ -173,6 +195,19 @@ func (t *Target) start(spec TargetSpec, earlier []*Target, opts StartOptions) er
 		t.cgroup = cg
 	}
 	return nil
+}
+
+// exited reports whether a target the bench started has exited.
+func (t *Target) exited() bool {
+	if t.done == nil {
+		return false
+	}
+	select {
+	case <-t.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // Log returns what a started target printed.
@@ -186,15 +221,13 @@ func (t *Target) Log() string {
 
 // Stop stops a target the bench started and removes its files.
 func (t *Target) Stop() {
-	if t.cmd != nil && t.cmd.Process != nil {
+	if t.cmd != nil {
 		t.cmd.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { t.cmd.Wait(); close(done) }()
 		select {
-		case <-done:
+		case <-t.done:
 		case <-time.After(3 * time.Second):
 			t.cmd.Process.Kill()
-			<-done
+			<-t.done
 		}
 		t.cmd = nil
 	}
@@ -211,23 +244,31 @@ func waitAnswer(ctx context.Context, t *Target, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	var err error
 	for time.Now().Before(deadline) && ctx.Err() == nil {
-		if t.cmd != nil && t.cmd.ProcessState != nil {
+		if t.exited() {
 			break
 		}
 		if _, err = Probe(ctx, t.Addr, 200*time.Millisecond); err == nil {
 			return nil
 		}
+		time.Sleep(10 * time.Millisecond) // a refused probe returns at once
 	}
 	return fmt.Errorf("target %s at %s did not answer within %v: %v\n%s", t.Name, t.Addr, timeout, err, t.Log())
 }
 
-func freePort() (uint16, error) {
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		return 0, err
+// FreePort returns a UDP port on 127.0.0.1 that was free a moment ago. It
+// picks from below Linux's ephemeral range (32768 and up), so that no
+// client socket opened meanwhile, a probe of the server about to bind it
+// included, can take the port first.
+func FreePort() (uint16, error) {
+	for range 100 {
+		port := 20000 + rand.IntN(12000)
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
+		if err == nil {
+			c.Close()
+			return uint16(port), nil
+		}
 	}
-	defer c.Close()
-	return uint16(c.LocalAddr().(*net.UDPAddr).Port), nil
+	return 0, errors.New("no free UDP port on 127.0.0.1 in 20000-31999")
 }
 
 // limitCPU puts pid in a new cgroup limited to quota of one CPU and returns

@@ -15,7 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/fastntp/fastntp/batch"
-	"github.com/fastntp/fastntp/internal/chronytest"
+	"github.com/fastntp/fastntp/bench/chronytest"
 	"github.com/fastntp/fastntp/responder/ntp"
 	"github.com/fastntp/fastntp/upstream"
 )

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fastntp/fastntp/internal/chronytest"
+	"github.com/fastntp/fastntp/bench/chronytest"
 	"github.com/fastntp/fastntp/responder/ntp"
 )
 

@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/fastntp/fastntp/batch"
-	"github.com/fastntp/fastntp/internal/chronytest"
+	"github.com/fastntp/fastntp/bench/chronytest"
 	"github.com/fastntp/fastntp/responder/ntp"
 )
 

@@ -1,4 +1,4 @@
-// Package chronytest runs the real programs that fastntp's tests talk to:
+// Package chronytest runs, for tests, the real programs fastntp talks to:
 // a chronyd serving time on a private port, network namespaces to run NTP
 // clients that only know port 123, and a minimal NTP query.
 //
@@ -10,7 +10,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -49,15 +48,15 @@ func RequireRoot(t testing.TB) {
 	t.Skip("needs root")
 }
 
-// FreePort returns a UDP port on 127.0.0.1 that was free a moment ago.
+// FreePort returns a UDP port on 127.0.0.1 that was free a moment ago; see
+// bench.FreePort.
 func FreePort(t testing.TB) uint16 {
 	t.Helper()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	port, err := bench.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	return uint16(c.LocalAddr().(*net.UDPAddr).Port)
+	return port
 }
 
 // Namespace creates a network namespace with only a loopback interface, up,

@@ -8,6 +8,12 @@ import (
 	"github.com/fastntp/fastntp/upstream"
 )
 
+// minPoll is the lowest poll exponent a reply carries. chronyd answers with
+// the larger of the request's poll and its rate-limiting interval, whose
+// least value is 2^-19 s; fastntp, which does not limit, keeps the floor so
+// that its replies are chronyd's.
+const minPoll = -19
+
 // header holds the reply fields that are the same for every reply of a
 // batch, prepared once per batch from one Snapshot.
 type header struct {
@@ -54,8 +60,10 @@ func (h *header) build(b []byte, mode uint8, received ntp.Time64) int {
 	_ = b[ntp.HeaderSize-1]
 	version := b[0] >> 3 & 7
 	// The request's transmit timestamp becomes the origin timestamp; copy it
-	// before anything overwrites it. Poll (b[2]) stays as the client sent it.
+	// before anything overwrites it.
 	copy(b[24:32], b[40:48])
+	// Poll (b[2]) stays as the client sent it, raised to chronyd's floor.
+	b[2] = byte(max(int8(b[2]), minPoll))
 	b[0] = ntp.LeapVersionMode(h.leap, version, mode)
 	b[1] = h.stratum
 	b[3] = byte(h.precision)

@@ -130,7 +130,7 @@ func FuzzReply(f *testing.F) {
 		if err := got.Parse(buf[:n]); err != nil {
 			t.Fatal(err)
 		}
-		if got.Version != req[0]>>3&7 || !bytes.Equal(buf[24:32], req[40:48]) || got.Poll != int8(req[2]) {
+		if got.Version != req[0]>>3&7 || !bytes.Equal(buf[24:32], req[40:48]) || got.Poll != max(int8(req[2]), minPoll) {
 			t.Fatalf("reply %+v does not answer request %x", got, req[:ntp.HeaderSize])
 		}
 		if got.Mode != ntp.ModeServer && got.Mode != ntp.ModePassive {

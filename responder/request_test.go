@@ -29,6 +29,12 @@ func extensionField(typ uint16, length int) []byte {
 	return b
 }
 
+// withPoll sets a request's poll exponent.
+func withPoll(b []byte, poll int8) []byte {
+	b[2] = byte(poll)
+	return b
+}
+
 // withLength overwrites the length an extension field claims.
 func withLength(ef []byte, length uint16) []byte {
 	binary.BigEndian.PutUint16(ef[2:], length)
@@ -59,6 +65,8 @@ var requestClasses = []struct {
 	{"v2 client", packet(2, ntp.ModeClient), ntp.ModeServer, reply},
 	{"v1 client", packet(1, ntp.ModeClient), ntp.ModeServer, reply},
 	{"v4 symmetric active", packet(4, ntp.ModeActive), ntp.ModePassive, reply},
+	{"v4 client poll -128", withPoll(packet(4, ntp.ModeClient), -128), ntp.ModeServer, reply},
+	{"v4 client poll 17", withPoll(packet(4, ntp.ModeClient), 17), ntp.ModeServer, reply},
 	{"v1 mode 0", packet(1, ntp.ModeReserved), ntp.ModeServer, reply},
 	{"v2 mode 0", packet(2, ntp.ModeReserved), 0, dropMode},
 	{"v4 mode 0", packet(4, ntp.ModeReserved), 0, dropMode},

@@ -309,7 +309,8 @@ func TestAgainstChronyd(t *testing.T) {
 			case !got.replied:
 			case got.header.Mode != want.header.Mode || got.header.Version != want.header.Version ||
 				got.header.Stratum != want.header.Stratum || got.header.Leap != want.header.Leap ||
-				got.header.ReferenceID != want.header.ReferenceID || got.header.OriginTime != want.header.OriginTime:
+				got.header.ReferenceID != want.header.ReferenceID || got.header.OriginTime != want.header.OriginTime ||
+				got.header.Poll != want.header.Poll:
 				t.Errorf("%s:\nfastntp %+v\nchronyd %+v", tc.name, got.header, want.header)
 			case got.length > len(tc.pkt) || got.length != ntp.HeaderSize:
 				t.Errorf("%s: fastntp sent %d bytes for %d", tc.name, got.length, len(tc.pkt))

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -321,6 +322,8 @@ func (f *Flooder) Run(ctx context.Context, rate float64, d time.Duration) (Step,
 			wait := time.Duration(float64(sent+1)/rate*float64(time.Second)) - elapsed
 			if wait > 200*time.Microsecond {
 				time.Sleep(wait - 100*time.Microsecond)
+			} else {
+				runtime.Gosched() // let the receivers run meanwhile
 			}
 			continue
 		}

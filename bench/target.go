@@ -147,9 +147,7 @@ func (t *Target) start(spec TargetSpec, earlier []*Target, opts StartOptions) er
 	args := spec.Command
 	if spec.Chronyd {
 		conf := filepath.Join(dir, "chrony.conf")
-		err := os.WriteFile(conf, []byte(fmt.Sprintf("port %d\nbindaddress 127.0.0.1\nallow 127.0.0.0/8\ncmdport 0\n"+
-			"bindcmdaddress /\nlocal stratum 10\npidfile %s/chronyd.pid\n", port, dir)), 0o644)
-		if err != nil {
+		if err := os.WriteFile(conf, []byte(ChronydConfig(port, dir, true)), 0o644); err != nil {
 			return err
 		}
 		args = []string{"chronyd", "-x", "-d", "-f", conf}
@@ -195,6 +193,19 @@ func (t *Target) start(spec TargetSpec, earlier []*Target, opts StartOptions) er
 		t.cgroup = cg
 	}
 	return nil
+}
+
+// ChronydConfig returns a chrony.conf for a chronyd that serves NTP to
+// 127.0.0.0/8 on port of 127.0.0.1, with no command socket and its pid file
+// in dir. With synchronized it claims stratum 10 from its own clock (local
+// stratum 10); without, it has no source and answers unsynchronized.
+func ChronydConfig(port uint16, dir string, synchronized bool) string {
+	conf := fmt.Sprintf("port %d\nbindaddress 127.0.0.1\nallow 127.0.0.0/8\ncmdport 0\n"+
+		"bindcmdaddress /\npidfile %s\n", port, filepath.Join(dir, "chronyd.pid"))
+	if synchronized {
+		conf += "local stratum 10\n"
+	}
+	return conf
 }
 
 // exited reports whether a target the bench started has exited.

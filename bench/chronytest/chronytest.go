@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -120,18 +119,7 @@ func StartChronyd(t testing.TB, opts Options) *Chronyd {
 	dir := t.TempDir()
 	c := &Chronyd{t: t, ns: opts.Namespace, dir: dir, Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), opts.Port)}
 	c.config = filepath.Join(dir, "chrony.conf")
-	conf := []string{
-		fmt.Sprintf("port %d", opts.Port),
-		"bindaddress 127.0.0.1",
-		"allow 127.0.0.1",
-		"cmdport 0",
-		"bindcmdaddress /", // no command socket
-		"pidfile " + filepath.Join(dir, "chronyd.pid"),
-	}
-	if !opts.Unsynchronized {
-		conf = append(conf, "local stratum 10")
-	}
-	if err := os.WriteFile(c.config, []byte(strings.Join(conf, "\n")+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(c.config, []byte(bench.ChronydConfig(opts.Port, dir, !opts.Unsynchronized)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Stop)

@@ -11,33 +11,52 @@ BENCH_MIN_VS_CHRONYD   ?= 1.05
 BENCH_MIN_VS_UNBATCHED ?= 1.25
 # Debian packages the tests run for real: the backend, NTP clients, netns.
 TEST_DEPS := chronyd:chrony ntpdig:ntpsec-ntpdig sntp:sntp ip:iproute2
+# The demo needs chrony for its backend and its client (chronyd -Q).
+DEMO_DEPS := chronyd:chrony
 
-.PHONY: all build demo test deps vet unit fuzz bench bench-check clean
+.PHONY: all build demo test deps vet layering unit fuzz bench bench-check clean
 
 all: build
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/fastntp ./cmd/fastntp-bench
 
+# install_missing installs, from Debian's archive, the package of every
+# program:package pair in its argument whose program is not on PATH, says
+# what it installs, and fails loudly if it cannot.
+define install_missing
+	@missing=""; for pair in $(1); do \
+		command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing (apt-get, as root)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
+	fi
+	@for pair in $(1); do command -v $${pair%%:*} >/dev/null || { echo "missing $${pair%%:*}"; exit 1; }; done
+endef
+
 demo: build
+	$(call install_missing,$(DEMO_DEPS))
 	./deploy/demo.sh $(BIN)/fastntp
 
 # deps installs what the tests need on a fresh Debian machine, and fails
 # loudly if it cannot: the tests never skip for a missing tool under CI=true.
 deps:
-	@missing=""; for pair in $(TEST_DEPS); do \
-		command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
-	fi
-	@for pair in $(TEST_DEPS); do command -v $${pair%%:*} >/dev/null || { echo "missing $${pair%%:*}"; exit 1; }; done
+	$(call install_missing,$(TEST_DEPS))
 
-vet:
+vet: layering
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 		if [ -n "$$unformatted" ]; then echo "not gofmt'ed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
+
+# layering checks that imports flow one way: the wire format and the
+# batch I/O import nothing of fastntp's above them, and the plotting library
+# reaches only the bench command, not the server's packages or their tests.
+layering:
+	@up=$$($(GO) list -deps ./internal/ntp ./batch ./upstream | grep -E 'fastntp/(responder|bench|cmd)' || true); \
+		if [ -n "$$up" ]; then echo "layering: the lower packages import $$up"; exit 1; fi
+	@plot=$$($(GO) list -deps -test ./responder/... ./upstream/... ./batch/... ./internal/... ./bench/... | grep '^gonum.org/' || true); \
+		if [ -n "$$plot" ]; then echo "layering: the plotting library reaches the server's tests: $$plot"; exit 1; fi
 
 # The race detector instruments allocations, so the allocation proofs run in
 # a second pass without it.
@@ -47,7 +66,7 @@ unit:
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzReply$$' -fuzztime $(FUZZTIME) ./responder
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./responder/ntp
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/ntp
 	$(GO) test -run '^$$' -fuzz '^FuzzParseControl$$' -fuzztime $(FUZZTIME) ./batch
 	$(GO) test -run '^$$' -fuzz '^FuzzParseAnswer$$' -fuzztime $(FUZZTIME) ./upstream
 	$(GO) test -run '^$$' -fuzz '^FuzzParsers$$' -fuzztime $(FUZZTIME) ./bench

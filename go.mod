@@ -3,6 +3,7 @@ module github.com/fastntp/fastntp
 go 1.26.8
 
 require (
+	github.com/spf13/pflag v1.1.0
 	go.uber.org/zap v1.28.0
 	golang.org/x/net v0.62.0
 	golang.org/x/sys v0.50.0

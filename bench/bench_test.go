@@ -9,13 +9,13 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/fastntp/fastntp/batch"
-	"github.com/fastntp/fastntp/responder/ntp"
+	"github.com/fastntp/fastntp/internal/ntp"
 )
 
 func TestRequestID(t *testing.T) {
@@ -289,18 +289,10 @@ func TestReports(t *testing.T) {
 	if !strings.Contains(sum.String(), "1500") {
 		t.Errorf("summary:\n%s", sum.String())
 	}
-	for _, name := range []string{"p.png", "p.svg"} {
-		path := filepath.Join(t.TempDir(), name)
-		if err := Plot(path, "test", steps); err != nil {
-			t.Fatal(err)
-		}
-		b, err := os.ReadFile(path)
-		if err != nil || len(b) < 1000 {
-			t.Errorf("%s: %d bytes, %v", name, len(b), err)
-		}
-	}
-	if err := Plot(filepath.Join(t.TempDir(), "p.gif"), "", steps); err == nil {
-		t.Error("Plot accepted a .gif")
+	curves := Curves(append(steps, Step{Target: "a", Round: 2, Rate: 1000, ResponseRate: 800}))
+	want := []Curve{{Target: "a", Points: []CurvePoint{{1000, 900}, {2000, 1500}}}}
+	if !reflect.DeepEqual(curves, want) {
+		t.Errorf("Curves = %+v, want %+v (b's only step is a shortfall)", curves, want)
 	}
 	if maxRate, peak := Saturation(steps, 1); maxRate != 1000 || peak != 1500 {
 		t.Errorf("Saturation = %v, %v", maxRate, peak)

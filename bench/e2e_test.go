@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/fastntp/fastntp/bench"
-	"github.com/fastntp/fastntp/bench/chronytest"
+	"github.com/fastntp/fastntp/internal/chronytest"
 	"github.com/fastntp/fastntp/responder"
 	"github.com/fastntp/fastntp/upstream"
 )

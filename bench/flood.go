@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/fastntp/fastntp/batch"
-	"github.com/fastntp/fastntp/responder/ntp"
+	"github.com/fastntp/fastntp/internal/ntp"
 )
 
 // FloodConfig configures a Flooder.

@@ -16,7 +16,7 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/fastntp/fastntp/responder/ntp"
+	"github.com/fastntp/fastntp/internal/ntp"
 )
 
 // ProbeResult is a server's answer to one request.

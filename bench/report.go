@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -120,4 +122,44 @@ func WriteSummaries(w io.Writer, summaries []Summary) error {
 			micro(s.ResponseTime.Median), micro(s.ResponseTime.P99), rounds)
 	}
 	return tw.Flush()
+}
+
+// Curve is one target's response rate against request rate: at each asked
+// rate, the median response rate over the rounds that ran it.
+type Curve struct {
+	Target string
+	Points []CurvePoint
+}
+
+// CurvePoint is one rate of a Curve.
+type CurvePoint struct {
+	Rate, ResponseRate float64
+}
+
+// Curves groups steps by target, in the order targets first appear, with
+// points by increasing rate. Steps the generator could not send at are left
+// out: they measure the generator, not the server.
+func Curves(steps []Step) []Curve {
+	var curves []Curve
+	index := map[string]int{}
+	byRate := []map[float64][]float64{}
+	for _, s := range steps {
+		if s.Shortfall {
+			continue
+		}
+		i, ok := index[s.Target]
+		if !ok {
+			i = len(curves)
+			index[s.Target] = i
+			curves = append(curves, Curve{Target: s.Target})
+			byRate = append(byRate, map[float64][]float64{})
+		}
+		byRate[i][s.Rate] = append(byRate[i][s.Rate], s.ResponseRate)
+	}
+	for i := range curves {
+		for _, rate := range slices.Sorted(maps.Keys(byRate[i])) {
+			curves[i].Points = append(curves[i].Points, CurvePoint{Rate: rate, ResponseRate: median(byRate[i][rate])})
+		}
+	}
+	return curves
 }

@@ -2,40 +2,84 @@ package responder
 
 import "sync/atomic"
 
-// Counters are the server's totals since it started.
-type Counters struct {
-	Received uint64 // datagrams read from the sockets
-	Replied  uint64 // replies the kernel accepted
-	// Dropped counts requests that got no reply, by reason.
-	DroppedShort       uint64 // shorter than 48 bytes
-	DroppedFormat      uint64 // length not a multiple of 4, or malformed extension fields
-	DroppedVersion     uint64 // version 0 or above 4
-	DroppedMode        uint64 // not a client or symmetric active request
-	DroppedAuth        uint64 // carried a MAC or NTS fields
-	DroppedTruncated   uint64 // longer than the receive buffer
-	DroppedSourcePort  uint64 // from port 0
-	SendErrors         uint64 // replies the kernel refused
-	ReadErrors         uint64 // failed receive calls (not datagrams)
-	MissingTimestamps  uint64 // datagrams without a kernel receive time
-	ControlTruncations uint64 // datagrams whose control data was cut short
-	KernelDrops        uint64 // datagrams the kernel dropped for a full receive buffer
+// Counter names one of the server's counters. The table counterInfo is the
+// one place a counter is defined: adding one there, and a constant here, is
+// enough for it to be counted, logged and summed.
+type Counter uint8
+
+// The counters. A request that gets no reply is counted under exactly one of
+// the Dropped counters; classify and handle return them as verdicts, with
+// Replied for a request that deserves a reply.
+const (
+	Received Counter = iota
+	Replied
+	DroppedShort
+	DroppedFormat
+	DroppedVersion
+	DroppedMode
+	DroppedAuth
+	DroppedTruncated
+	DroppedSourcePort
+	SendErrors
+	ReadErrors
+	MissingTimestamps
+	ControlTruncations
+	KernelDrops
+	// NumCounters is the number of counters, not a counter.
+	NumCounters
+)
+
+var counterInfo = [NumCounters]struct {
+	name string // in logs: lower case, words joined by underscores
+	drop bool   // a reason why a request got no reply
+	help string
+}{
+	Received:           {"received", false, "datagrams read from the sockets"},
+	Replied:            {"replied", false, "replies the kernel accepted for sending"},
+	DroppedShort:       {"dropped_short", true, "requests shorter than the 48-byte NTP header"},
+	DroppedFormat:      {"dropped_format", true, "requests whose length is not a multiple of 4, or with malformed extension fields"},
+	DroppedVersion:     {"dropped_version", true, "requests of NTP version 0 or above 4"},
+	DroppedMode:        {"dropped_mode", true, "datagrams that are not client or symmetric active requests"},
+	DroppedAuth:        {"dropped_authenticated", true, "requests with a MAC or NTS fields, which fastntp cannot answer"},
+	DroppedTruncated:   {"dropped_truncated", true, "datagrams longer than the receive buffer"},
+	DroppedSourcePort:  {"dropped_source_port", true, "requests from port 0, which no reply can reach"},
+	SendErrors:         {"send_errors", false, "replies the kernel refused"},
+	ReadErrors:         {"read_errors", false, "failed receive calls (not datagrams)"},
+	MissingTimestamps:  {"missing_timestamps", false, "requests without a kernel receive timestamp"},
+	ControlTruncations: {"control_truncations", false, "datagrams whose control data was cut short"},
+	KernelDrops:        {"kernel_drops", false, "datagrams the kernel dropped because a receive buffer was full"},
 }
+
+// String returns the counter's name as logs show it, such as
+// "dropped_short".
+func (c Counter) String() string {
+	if c >= NumCounters {
+		return "unknown"
+	}
+	return counterInfo[c].name
+}
+
+// Help describes what the counter counts.
+func (c Counter) Help() string { return counterInfo[c].help }
+
+// IsDrop reports whether the counter counts requests that got no reply for
+// one reason.
+func (c Counter) IsDrop() bool { return counterInfo[c].drop }
+
+// Counters holds one value for every Counter: the server's totals since it
+// started.
+type Counters [NumCounters]uint64
 
 // Dropped returns the total of the Dropped counters.
-func (c Counters) Dropped() uint64 {
-	return c.DroppedShort + c.DroppedFormat + c.DroppedVersion + c.DroppedMode +
-		c.DroppedAuth + c.DroppedTruncated + c.DroppedSourcePort
+func (c *Counters) Dropped() uint64 {
+	var sum uint64
+	for k, n := range c {
+		if Counter(k).IsDrop() {
+			sum += n
+		}
+	}
+	return sum
 }
-
-// Indexes of the per-worker counters that are not verdicts.
-const (
-	countReceived = int(numVerdicts) + iota
-	countSendErrors
-	countReadErrors
-	countMissingTimestamps
-	countControlTruncations
-	numCounts
-)
 
 // cacheLine is larger than the cache line of the CPUs fastntp runs on (64
 // bytes, 128 with adjacent-line prefetch).
@@ -47,12 +91,12 @@ const cacheLine = 128
 // never contend for a line.
 type workerCounters struct {
 	_      [cacheLine]byte
-	counts [numCounts]atomic.Uint64
+	counts [NumCounters]atomic.Uint64
 	_      [cacheLine]byte
 }
 
 // add publishes a batch's counts and clears them.
-func (w *workerCounters) add(batch *[numCounts]uint64) {
+func (w *workerCounters) add(batch *Counters) {
 	for i, n := range batch {
 		if n != 0 {
 			w.counts[i].Add(n)
@@ -61,19 +105,9 @@ func (w *workerCounters) add(batch *[numCounts]uint64) {
 	}
 }
 
-func (c *Counters) addWorker(w *workerCounters) {
-	get := func(i int) uint64 { return w.counts[i].Load() }
-	c.Received += get(countReceived)
-	c.Replied += get(int(reply))
-	c.DroppedShort += get(int(dropShort))
-	c.DroppedFormat += get(int(dropFormat))
-	c.DroppedVersion += get(int(dropVersion))
-	c.DroppedMode += get(int(dropMode))
-	c.DroppedAuth += get(int(dropAuth))
-	c.DroppedTruncated += get(int(dropTruncated))
-	c.DroppedSourcePort += get(int(dropSourcePort))
-	c.SendErrors += get(countSendErrors)
-	c.ReadErrors += get(countReadErrors)
-	c.MissingTimestamps += get(countMissingTimestamps)
-	c.ControlTruncations += get(countControlTruncations)
+// addTo adds the published counts to c.
+func (w *workerCounters) addTo(c *Counters) {
+	for i := range c {
+		c[i] += w.counts[i].Load()
+	}
 }

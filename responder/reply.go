@@ -4,7 +4,7 @@ import (
 	"encoding/binary"
 	"time"
 
-	"github.com/fastntp/fastntp/responder/ntp"
+	"github.com/fastntp/fastntp/internal/ntp"
 	"github.com/fastntp/fastntp/upstream"
 )
 
@@ -14,9 +14,9 @@ import (
 // that its replies are chronyd's.
 const minPoll = -19
 
-// header holds the reply fields that are the same for every reply of a
-// batch, prepared once per batch from one Snapshot.
-type header struct {
+// replyTemplate holds the reply fields that are the same for every reply of
+// a batch, prepared once per batch from one Snapshot.
+type replyTemplate struct {
 	snapshot      *upstream.Snapshot
 	valid         bool
 	leap          uint8
@@ -28,13 +28,13 @@ type header struct {
 }
 
 // prepare loads the fields for a batch served at now.
-func (h *header) prepare(s *upstream.Snapshot, now time.Time) {
+func (h *replyTemplate) prepare(s *upstream.Snapshot, now time.Time) {
 	h.snapshot = s
 	h.valid = s.Valid(now)
 	if !h.valid {
 		// Stale or unsynchronized: chronyd's unsynchronized form, never
 		// the last state as if it were current.
-		*h = header{snapshot: s, leap: ntp.LeapUnsynchronized, precision: s.Precision, rootDelay: 1 << 16}
+		*h = replyTemplate{snapshot: s, leap: ntp.LeapUnsynchronized, precision: s.Precision, rootDelay: 1 << 16}
 		return
 	}
 	h.leap = s.Leap
@@ -46,7 +46,7 @@ func (h *header) prepare(s *upstream.Snapshot, now time.Time) {
 }
 
 // dispersion returns the root dispersion to send at t.
-func (h *header) dispersion(t time.Time) ntp.Short {
+func (h *replyTemplate) dispersion(t time.Time) ntp.Short {
 	if !h.valid {
 		return 1 << 16
 	}
@@ -56,7 +56,7 @@ func (h *header) dispersion(t time.Time) ntp.Short {
 // build turns the request in b[:n] into a reply in place and returns the
 // reply's length, which never exceeds the request's. The transmit timestamp
 // and root dispersion are left for stamp, which runs just before sending.
-func (h *header) build(b []byte, mode uint8, received ntp.Time64) int {
+func (h *replyTemplate) build(b []byte, mode uint8, received ntp.Time64) int {
 	_ = b[ntp.HeaderSize-1]
 	version := b[0] >> 3 & 7
 	// The request's transmit timestamp becomes the origin timestamp; copy it

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fastntp/fastntp/responder/ntp"
+	"github.com/fastntp/fastntp/internal/ntp"
 	"github.com/fastntp/fastntp/upstream"
 )
 
@@ -28,10 +28,10 @@ func syncedSnapshot(taken time.Time) *upstream.Snapshot {
 func buildReply(t *testing.T, snap *upstream.Snapshot, req []byte, now, received, sent time.Time) ntp.Header {
 	t.Helper()
 	mode, v := classify(req, 40000)
-	if v != reply {
-		t.Fatalf("request dropped: %s", verdictNames[v])
+	if v != Replied {
+		t.Fatalf("request dropped: %s", v)
 	}
-	var h header
+	var h replyTemplate
 	h.prepare(snap, now)
 	buf := bytes.Clone(req)
 	n := h.build(buf, mode, ntp.TimeFrom(received))
@@ -115,10 +115,10 @@ func FuzzReply(f *testing.F) {
 	snap := syncedSnapshot(now)
 	f.Fuzz(func(t *testing.T, req []byte, port uint16) {
 		mode, v := classify(req, port)
-		if v != reply {
+		if v != Replied {
 			return
 		}
-		var h header
+		var h replyTemplate
 		h.prepare(snap, now)
 		buf := bytes.Clone(req)
 		n := h.build(buf, mode, ntp.TimeFrom(now))
@@ -144,13 +144,13 @@ func BenchmarkReplyPath(b *testing.B) {
 	snap := syncedSnapshot(now)
 	req := packet(4, ntp.ModeClient)
 	buf := make([]byte, maxRequestSize)
-	var h header
+	var h replyTemplate
 	b.ReportAllocs()
 	for b.Loop() {
 		n := copy(buf, req)
 		h.prepare(snap, now)
 		mode, v := classify(buf[:n], 40000)
-		if v != reply {
+		if v != Replied {
 			b.Fatal("dropped")
 		}
 		h.build(buf, mode, ntp.TimeFrom(now))

@@ -1,23 +1,7 @@
 package responder
 
 import (
-	"github.com/fastntp/fastntp/responder/ntp"
-)
-
-// verdict is what the responder does with one datagram: reply, or drop it
-// for the reason named.
-type verdict uint8
-
-const (
-	reply          verdict = iota
-	dropShort              // shorter than the NTP header
-	dropFormat             // length not a multiple of 4, malformed extension fields or MAC
-	dropVersion            // version 0, or above 4
-	dropMode               // not a request: modes 0 (but NTPv1), 2, 4, 5, 6 and 7
-	dropAuth               // a MAC or NTS fields: fastntp holds no keys, so it cannot answer
-	dropTruncated          // longer than the receive buffer
-	dropSourcePort         // source port 0, which no reply can reach
-	numVerdicts
+	"github.com/fastntp/fastntp/internal/ntp"
 )
 
 // ntpPort is the NTP service port. An NTPv1 request has no mode field and
@@ -25,21 +9,22 @@ const (
 const ntpPort = 123
 
 // classify decides, as chronyd 4.x does, whether req deserves a reply and
-// with which mode.
-func classify(req []byte, sourcePort uint16) (mode uint8, v verdict) {
+// with which mode. The verdict is Replied, or the Dropped counter of the
+// reason it does not.
+func classify(req []byte, sourcePort uint16) (mode uint8, v Counter) {
 	if len(req) < ntp.HeaderSize {
-		return 0, dropShort
+		return 0, DroppedShort
 	}
 	version := req[0] >> 3 & 7
 	if len(req)%4 != 0 {
-		return 0, dropFormat
+		return 0, DroppedFormat
 	}
 	if version < 1 || version > 4 {
-		return 0, dropVersion
+		return 0, DroppedVersion
 	}
 	tr, err := ntp.ParseTrailer(req, version)
 	if err != nil {
-		return 0, dropFormat
+		return 0, DroppedFormat
 	}
 	switch req[0] & 7 {
 	case ntp.ModeClient:
@@ -52,15 +37,15 @@ func classify(req []byte, sourcePort uint16) (mode uint8, v verdict) {
 			mode = ntp.ModeServer
 			break
 		}
-		return 0, dropMode
+		return 0, DroppedMode
 	default:
-		return 0, dropMode
+		return 0, DroppedMode
 	}
 	if tr.Auth != ntp.AuthNone {
-		return 0, dropAuth
+		return 0, DroppedAuth
 	}
 	if sourcePort == 0 {
-		return 0, dropSourcePort
+		return 0, DroppedSourcePort
 	}
-	return mode, reply
+	return mode, Replied
 }

@@ -20,7 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/fastntp/fastntp/batch"
-	"github.com/fastntp/fastntp/responder/ntp"
+	"github.com/fastntp/fastntp/internal/ntp"
 	"github.com/fastntp/fastntp/upstream"
 )
 
@@ -189,8 +189,8 @@ func (s *Server) close() {
 func (s *Server) Counters() Counters {
 	var c Counters
 	for _, w := range s.workers {
-		c.addWorker(&w.counters)
-		c.KernelDrops += w.conn.Dropped()
+		w.counters.addTo(&c)
+		c[KernelDrops] += w.conn.Dropped()
 	}
 	return c
 }
@@ -200,8 +200,8 @@ type worker struct {
 	conn     batch.Conn
 	source   Source
 	msgs     []batch.Message
-	header   header
-	batch    [numCounts]uint64 // this batch's counts, published per batch
+	template replyTemplate
+	batch    Counters // this batch's counts, published per batch
 	counters workerCounters
 	logger   *zap.Logger
 	debug    bool
@@ -228,7 +228,7 @@ func (w *worker) run() {
 			}
 			// Errors that are not the socket's end are transient (ENOMEM,
 			// say): count them and back off rather than spin.
-			w.counters.counts[countReadErrors].Add(1)
+			w.counters.counts[ReadErrors].Add(1)
 			backoff = min(max(2*backoff, time.Millisecond), 100*time.Millisecond)
 			time.Sleep(backoff)
 			continue
@@ -248,11 +248,11 @@ func (w *worker) run() {
 // serveBatch answers the n requests that ReadBatch left in w.msgs.
 func (w *worker) serveBatch(n int) error {
 	now := time.Now()
-	w.header.prepare(w.source.Load(), now)
+	w.template.prepare(w.source.Load(), now)
 	replies := 0
 	for i := range n {
 		m := &w.msgs[i]
-		if v := w.handle(m, now); v != reply {
+		if v := w.handle(m, now); v != Replied {
 			w.batch[v]++
 			continue
 		}
@@ -260,33 +260,33 @@ func (w *worker) serveBatch(n int) error {
 		w.msgs[replies], w.msgs[i] = w.msgs[i], w.msgs[replies]
 		replies++
 	}
-	w.batch[countReceived] += uint64(n)
+	w.batch[Received] += uint64(n)
 
 	// One clock reading, as late as possible, for every reply of the batch.
 	sendTime := time.Now()
-	transmit, dispersion := ntp.TimeFrom(sendTime), w.header.dispersion(sendTime)
+	transmit, dispersion := ntp.TimeFrom(sendTime), w.template.dispersion(sendTime)
 	for i := range replies {
 		stamp(w.msgs[i].Buffer, dispersion, transmit)
 	}
 	sent, err := w.conn.WriteBatch(w.msgs[:replies])
-	w.batch[reply] += uint64(sent)
-	w.batch[countSendErrors] += uint64(replies - sent)
+	w.batch[Replied] += uint64(sent)
+	w.batch[SendErrors] += uint64(replies - sent)
 	w.counters.add(&w.batch)
 	return err
 }
 
 // handle checks one request and, if it deserves a reply, builds the reply in
 // its buffer.
-func (w *worker) handle(m *batch.Message, now time.Time) verdict {
+func (w *worker) handle(m *batch.Message, now time.Time) Counter {
 	if m.Flags&batch.ControlTruncated != 0 {
-		w.batch[countControlTruncations]++
+		w.batch[ControlTruncations]++
 	}
 	if m.Flags&batch.Truncated != 0 {
-		w.logDrop(m, dropTruncated)
-		return dropTruncated
+		w.logDrop(m, DroppedTruncated)
+		return DroppedTruncated
 	}
 	mode, v := classify(m.Buffer[:m.N], m.Peer.Port())
-	if v != reply {
+	if v != Replied {
 		w.logDrop(m, v)
 		return v
 	}
@@ -295,29 +295,18 @@ func (w *worker) handle(m *batch.Message, now time.Time) verdict {
 		// The kernel attached no timestamp (the socket could not enable
 		// it, or MSG_CTRUNC cut it off). The time the batch was read is
 		// the closest honest substitute, and the counter says it happened.
-		w.batch[countMissingTimestamps]++
+		w.batch[MissingTimestamps]++
 		received = now
 	}
-	m.N = w.header.build(m.Buffer, mode, ntp.TimeFrom(received))
+	m.N = w.template.build(m.Buffer, mode, ntp.TimeFrom(received))
 	if w.debug {
 		w.logger.Debug("reply", zap.Stringer("client", m.Peer), zap.Uint8("mode", mode))
 	}
-	return reply
+	return Replied
 }
 
-var verdictNames = [numVerdicts]string{
-	reply:          "reply",
-	dropShort:      "short",
-	dropFormat:     "format",
-	dropVersion:    "version",
-	dropMode:       "mode",
-	dropAuth:       "authenticated",
-	dropTruncated:  "truncated",
-	dropSourcePort: "source port 0",
-}
-
-func (w *worker) logDrop(m *batch.Message, v verdict) {
+func (w *worker) logDrop(m *batch.Message, reason Counter) {
 	if w.debug {
-		w.logger.Debug("drop", zap.Stringer("client", m.Peer), zap.Int("length", m.N), zap.String("reason", verdictNames[v]))
+		w.logger.Debug("drop", zap.Stringer("client", m.Peer), zap.Int("length", m.N), zap.Stringer("reason", reason))
 	}
 }

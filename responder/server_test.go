@@ -15,8 +15,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/fastntp/fastntp/batch"
-	"github.com/fastntp/fastntp/bench/chronytest"
-	"github.com/fastntp/fastntp/responder/ntp"
+	"github.com/fastntp/fastntp/internal/chronytest"
+	"github.com/fastntp/fastntp/internal/ntp"
 	"github.com/fastntp/fastntp/upstream"
 )
 
@@ -114,8 +114,8 @@ func TestServeBothFamilies(t *testing.T) {
 			}
 			// A worker publishes its counts after the send returns, which
 			// can be after the client has its reply.
-			c := waitCounters(srv, func(c Counters) bool { return c.Replied == 2 })
-			if c.Replied != 2 || c.Received != 2 || c.MissingTimestamps != 0 {
+			c := waitCounters(srv, func(c Counters) bool { return c[Replied] == 2 })
+			if c[Replied] != 2 || c[Received] != 2 || c[MissingTimestamps] != 0 {
 				t.Errorf("counters %+v", c)
 			}
 		})
@@ -163,8 +163,8 @@ func TestManyConcurrentClients(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if c := waitCounters(srv, func(c Counters) bool { return c.Replied == clients*requests }); c.Replied != clients*requests {
-		t.Errorf("replied %d, want %d (counters %+v)", c.Replied, clients*requests, c)
+	if c := waitCounters(srv, func(c Counters) bool { return c[Replied] == clients*requests }); c[Replied] != clients*requests {
+		t.Errorf("replied %d, want %d (counters %+v)", c[Replied], clients*requests, c)
 	}
 }
 
@@ -315,8 +315,8 @@ func TestAgainstChronyd(t *testing.T) {
 			case got.length > len(tc.pkt) || got.length != ntp.HeaderSize:
 				t.Errorf("%s: fastntp sent %d bytes for %d", tc.name, got.length, len(tc.pkt))
 			}
-			if (tc.want == reply) != got.replied {
-				t.Errorf("%s: replied=%v, the table says %s", tc.name, got.replied, verdictNames[tc.want])
+			if (tc.want == Replied) != got.replied {
+				t.Errorf("%s: replied=%v, the table says %s", tc.name, got.replied, tc.want)
 			}
 		})
 	}
@@ -326,7 +326,7 @@ func TestAgainstChronyd(t *testing.T) {
 // BenchmarkThroughput floods a one-worker server on loopback and reports the
 // replies it sustains per second, for both I/O paths and for batching on and
 // off. The client keeps a window of requests in flight and sends a new
-// request for every reply, in batches, so it does no more work per packet
+// request for every Replied, in batches, so it does no more work per packet
 // than the server; on a 2-core machine each gets a core.
 func BenchmarkThroughput(b *testing.B) {
 	for _, path := range []batch.Path{batch.PathFast, batch.PathPortable} {

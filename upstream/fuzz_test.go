@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fastntp/fastntp/responder/ntp"
+	"github.com/fastntp/fastntp/internal/ntp"
 )
 
 // FuzzParseAnswer feeds arbitrary answers to the poller's parser: no panic,

@@ -13,7 +13,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/fastntp/fastntp/responder/ntp"
+	"github.com/fastntp/fastntp/internal/ntp"
 )
 
 // DefaultServer is where rsntp, and so fastntp, expects the backend chronyd.

@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fastntp/fastntp/bench/chronytest"
-	"github.com/fastntp/fastntp/responder/ntp"
+	"github.com/fastntp/fastntp/internal/chronytest"
+	"github.com/fastntp/fastntp/internal/ntp"
 )
 
 func TestParse(t *testing.T) {

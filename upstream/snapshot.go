@@ -10,7 +10,7 @@ package upstream
 import (
 	"time"
 
-	"github.com/fastntp/fastntp/responder/ntp"
+	"github.com/fastntp/fastntp/internal/ntp"
 )
 
 // Snapshot is the synchronization state to serve, as of one moment. It is

@@ -5,7 +5,7 @@
 // It is a command of its own, not a subcommand of fastntp, so that the
 // daemon keeps rsntp's command line and none of the plotting code.
 //
-//	fastntp-bench probe 127.0.0.1:123
+//	fastntp-bench probe 127.0.0.1
 //	fastntp-bench ramp --target 127.0.0.1:123 --plot ramp.png
 //	fastntp-bench fixed --target 'fastntp=exec:fastntp -a 127.0.0.1:{port} -6 0' --rate 200000
 //	fastntp-bench compare --target 'chronyd=chronyd' --target 'fastntp=exec:fastntp -a 127.0.0.1:{port} -6 0 -s {addr:chronyd}'
@@ -15,7 +15,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/netip"
@@ -28,6 +27,7 @@ import (
 
 	"github.com/fastntp/fastntp/batch"
 	"github.com/fastntp/fastntp/bench"
+	"github.com/spf13/pflag"
 )
 
 func main() {
@@ -55,9 +55,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var err error
 	switch args[0] {
 	case "probe":
-		err = probe(ctx, args[1:], stdout, stderr)
+		err = probe(ctx, args[1:], stdout)
 	case "ramp", "fixed", "compare":
-		err = load(ctx, args[0], args[1:], stdout, stderr)
+		err = load(ctx, args[0], args[1:], stdout)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -66,10 +66,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	switch {
-	case errors.Is(err, flag.ErrHelp):
+	case errors.Is(err, errHelpShown):
 		return 0
 	case errors.As(err, new(usageError)):
-		fmt.Fprintf(stderr, "fastntp-bench %s: %v\n", args[0], err)
+		fmt.Fprintf(stderr, "fastntp-bench %s: %v\nRun 'fastntp-bench %s --help' for its options.\n", args[0], err, args[0])
 		return 2
 	case err != nil:
 		fmt.Fprintf(stderr, "fastntp-bench %s: %v\n", args[0], err)
@@ -81,18 +81,42 @@ func run(args []string, stdout, stderr io.Writer) int {
 // usageError is a mistake on the command line.
 type usageError struct{ error }
 
-func probe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("probe", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+// errHelpShown means the command printed its help as asked.
+var errHelpShown = errors.New("help shown")
+
+// newFlagSet returns an empty flag set for a command, with -h and --help.
+func newFlagSet(command string) (*pflag.FlagSet, *bool) {
+	fs := pflag.NewFlagSet(command, pflag.ContinueOnError)
+	fs.SortFlags = false
+	fs.Usage = func() {}
+	fs.SetOutput(io.Discard)
+	return fs, fs.BoolP("help", "h", false, "print this help and exit")
+}
+
+// parse parses args into fs and prints the command's help to stdout if it
+// was asked for.
+func parse(fs *pflag.FlagSet, help *bool, synopsis string, args []string, stdout io.Writer) error {
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	if *help {
+		fmt.Fprintf(stdout, "Usage: fastntp-bench %s\n\nOptions:\n%s", synopsis, fs.FlagUsagesWrapped(100))
+		return errHelpShown
+	}
+	return nil
+}
+
+func probe(ctx context.Context, args []string, stdout io.Writer) error {
+	fs, help := newFlagSet("probe")
 	timeout := fs.Duration("timeout", 2*time.Second, "how long to wait for the reply")
 	allowRemote := fs.Bool("allow-remote", false, "allow a server that is not on this host")
-	if err := fs.Parse(args); err != nil {
+	if err := parse(fs, help, "probe [options] ADDRESS[:PORT]\n\nSend one NTP request (to port 123 unless given) and print the reply.", args, stdout); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
-		return usageError{errors.New("want one ADDRESS:PORT")}
+		return usageError{errors.New("want one ADDRESS or ADDRESS:PORT")}
 	}
-	addr, err := netip.ParseAddrPort(fs.Arg(0))
+	addr, err := parseServerAddress(fs.Arg(0))
 	if err != nil {
 		return usageError{err}
 	}
@@ -108,53 +132,99 @@ func probe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// repeated collects a repeatable flag.
-type repeated []string
+// parseServerAddress parses an address with an optional port, 123 when
+// left out: 127.0.0.1, 127.0.0.1:1123, ::1, [::1] or [::1]:1123.
+func parseServerAddress(s string) (netip.AddrPort, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap, nil
+	}
+	if addr, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(s, "["), "]")); err == nil {
+		return netip.AddrPortFrom(addr, 123), nil
+	}
+	return netip.AddrPort{}, fmt.Errorf("%q is not an IP address with an optional port, such as 127.0.0.1, 127.0.0.1:123 or [::1]:123", s)
+}
 
-func (r *repeated) String() string     { return strings.Join(*r, ", ") }
-func (r *repeated) Set(s string) error { *r = append(*r, s); return nil }
+// loadFlags are the options of ramp, fixed and compare; each command
+// defines only those it uses.
+type loadFlags struct {
+	targets, requires      []string
+	start, multiplier, max float64
+	step                   time.Duration
+	maxLoss                float64
+	rate                   float64
+	duration               time.Duration
+	rounds                 int
+	fixedRate              float64
+	clients, batchSize     int
+	clientIO               string
+	benchCPUs, targetCPUs  string
+	quota                  float64
+	allowRemote            bool
+	asJSON, asCSV          bool
+	plotPath, jsonOut      string
+	timeout                time.Duration
+}
 
-func load(ctx context.Context, mode string, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet(mode, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var targets, requires repeated
-	fs.Var(&targets, "target", "server to load: ADDRESS:PORT, NAME=addr:ADDRESS:PORT, NAME=exec:COMMAND (with {port} and {addr:NAME}), or NAME=chronyd; repeat for compare")
-	start := fs.Float64("start", 20000, "ramp: first rate, requests/s")
-	multiplier := fs.Float64("multiplier", 1.5, "ramp: rate multiplier per step")
-	maxRate := fs.Float64("max", 2e6, "ramp: highest rate, requests/s")
-	stepDuration := fs.Duration("step", 2*time.Second, "duration of each rate step")
-	maxLoss := fs.Float64("max-loss", 20, "ramp: stop after a step losing more than this percentage")
-	rate := fs.Float64("rate", 50000, "fixed: requests/s")
-	duration := fs.Duration("duration", 10*time.Second, "fixed: how long to hold the rate")
-	rounds := fs.Int("rounds", 3, "compare: rounds of every target, interleaved")
-	fixedRate := fs.Float64("fixed-rate", 0, "compare: also run each target at this common rate to measure CPU per response (0: no)")
-	clients := fs.Int("clients", 32, "simulated clients (sockets), spread over 127.0.0.1-127.0.0.4 on loopback")
-	batchSize := fs.Int("batch", 32, "requests per send call")
-	clientIO := fs.String("client-io", "portable", "clients' socket I/O: portable (x/net, one poller for all sockets) or fast (a blocking thread per socket)")
-	benchCPUs := fs.String("bench-cpus", "", "pin the generator to these CPUs (taskset list, e.g. 0)")
-	targetCPUs := fs.String("target-cpus", "", "pin started servers to these CPUs (e.g. 1)")
-	quota := fs.Float64("target-cpu-quota", 0, "limit each started server to this fraction of a CPU with a cgroup (e.g. 0.5)")
-	allowRemote := fs.Bool("allow-remote", false, "allow servers that are not on this host")
-	asJSON := fs.Bool("json", false, "print steps as JSON lines")
-	asCSV := fs.Bool("csv", false, "print steps as CSV")
-	plotPath := fs.String("plot", "", "draw response rate against request rate into this .png or .svg file")
-	jsonOut := fs.String("json-out", "", "compare: write the steps and summaries to this JSON file")
-	fs.Var(&requires, "require-ahead", "compare: NAME=RATIO fails unless the first target's median peak is at least RATIO times NAME's")
-	timeout := fs.Duration("timeout", 15*time.Minute, "stop everything after this long")
-	if err := fs.Parse(args); err != nil {
+var loadSynopses = map[string]string{
+	"ramp":    "ramp --target TARGET [options]\n\nRaise the request rate step by step until the server saturates.",
+	"fixed":   "fixed --target TARGET [options]\n\nHold one request rate for a while (soak, CPU cost).",
+	"compare": "compare --target TARGET --target TARGET... [options]\n\nRamp several servers in turn, interleaved, and compare them; the first is the one compared.",
+}
+
+func defineLoadFlags(fs *pflag.FlagSet, mode string, f *loadFlags) {
+	targetHelp := "server to load: ADDRESS:PORT, NAME=addr:ADDRESS:PORT, NAME=exec:COMMAND (with {port} and {addr:NAME}), or NAME=chronyd"
+	if mode == "compare" {
+		targetHelp += "; repeat for each server"
+	}
+	fs.StringArrayVar(&f.targets, "target", nil, targetHelp)
+	if mode == "ramp" || mode == "compare" {
+		fs.Float64Var(&f.start, "start", 20000, "first rate, requests/s")
+		fs.Float64Var(&f.multiplier, "multiplier", 1.5, "rate multiplier per step")
+		fs.Float64Var(&f.max, "max", 2e6, "highest rate, requests/s")
+		fs.DurationVar(&f.step, "step", 2*time.Second, "duration of each rate step")
+		fs.Float64Var(&f.maxLoss, "max-loss", 20, "stop after a step losing more than this percentage")
+	}
+	if mode == "fixed" {
+		fs.Float64Var(&f.rate, "rate", 50000, "requests/s")
+		fs.DurationVar(&f.duration, "duration", 10*time.Second, "how long to hold the rate")
+	}
+	if mode == "compare" {
+		fs.IntVar(&f.rounds, "rounds", 3, "rounds of every target, interleaved")
+		fs.Float64Var(&f.fixedRate, "fixed-rate", 0, "also run each target for one step at this common rate to measure CPU per response (0: no)")
+		fs.StringArrayVar(&f.requires, "require-ahead", nil, "NAME=RATIO fails unless the first target's median peak is at least RATIO times NAME's")
+		fs.StringVar(&f.jsonOut, "json-out", "", "write the steps and summaries to this JSON `file`")
+	}
+	fs.IntVar(&f.clients, "clients", 32, "simulated clients (sockets), spread over 127.0.0.1-127.0.0.4 on loopback")
+	fs.IntVar(&f.batchSize, "batch", 32, "requests per send call")
+	fs.StringVar(&f.clientIO, "client-io", "portable", "clients' socket I/O: portable (x/net, one poller for all sockets) or fast (a blocking thread per socket)")
+	fs.StringVar(&f.benchCPUs, "bench-cpus", "", "pin the generator to these `CPUs` (taskset list, e.g. 0)")
+	fs.StringVar(&f.targetCPUs, "target-cpus", "", "pin started servers to these `CPUs` (e.g. 1)")
+	fs.Float64Var(&f.quota, "target-cpu-quota", 0, "limit each started server to this `fraction` of a CPU with a cgroup (e.g. 0.5)")
+	fs.BoolVar(&f.allowRemote, "allow-remote", false, "allow servers that are not on this host")
+	fs.BoolVar(&f.asJSON, "json", false, "print steps as JSON lines")
+	fs.BoolVar(&f.asCSV, "csv", false, "print steps as CSV")
+	fs.StringVar(&f.plotPath, "plot", "", "draw response rate against request rate into this .png or .svg `file`")
+	fs.DurationVar(&f.timeout, "timeout", 15*time.Minute, "stop everything after this long")
+}
+
+func load(ctx context.Context, mode string, args []string, stdout io.Writer) error {
+	fs, help := newFlagSet(mode)
+	var f loadFlags
+	defineLoadFlags(fs, mode, &f)
+	if err := parse(fs, help, loadSynopses[mode], args, stdout); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
-	if len(targets) == 0 || (mode != "compare" && len(targets) > 1) {
+	if len(f.targets) == 0 || (mode != "compare" && len(f.targets) > 1) {
 		return usageError{fmt.Errorf("%s takes %s --target", mode, map[bool]string{true: "one or more", false: "one"}[mode == "compare"])}
 	}
-	if *asJSON && *asCSV {
+	if f.asJSON && f.asCSV {
 		return usageError{errors.New("--json and --csv exclude each other")}
 	}
 	var specs []bench.TargetSpec
-	for i, t := range targets {
+	for i, t := range f.targets {
 		if ap, err := netip.ParseAddrPort(t); err == nil {
 			t = fmt.Sprintf("server%d=addr:%s", i+1, ap)
 		}
@@ -164,25 +234,25 @@ func load(ctx context.Context, mode string, args []string, stdout, stderr io.Wri
 		}
 		specs = append(specs, spec)
 	}
-	checks, err := parseRequires(requires, specs)
+	checks, err := parseRequires(f.requires, specs)
 	if err != nil {
 		return usageError{err}
 	}
-	clientPath, err := batch.ParsePath(*clientIO)
+	clientPath, err := batch.ParsePath(f.clientIO)
 	if err != nil {
 		return usageError{fmt.Errorf("--client-io: %w", err)}
 	}
-	ramp := bench.RampConfig{Start: *start, Multiplier: *multiplier, Max: *maxRate, StepDuration: *stepDuration, MaxLossPercent: *maxLoss}
-	flood := bench.FloodConfig{Clients: *clients, BatchSize: *batchSize, AllowRemote: *allowRemote, Path: clientPath}
+	ramp := bench.RampConfig{Start: f.start, Multiplier: f.multiplier, Max: f.max, StepDuration: f.step, MaxLossPercent: f.maxLoss}
+	flood := bench.FloodConfig{Clients: f.clients, BatchSize: f.batchSize, AllowRemote: f.allowRemote, Path: clientPath}
 
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	if *benchCPUs != "" {
-		if err := pinSelf(*benchCPUs); err != nil {
+	if f.benchCPUs != "" {
+		if err := pinSelf(f.benchCPUs); err != nil {
 			return err
 		}
 	}
-	started, err := bench.StartTargets(ctx, specs, bench.StartOptions{CPUs: *targetCPUs, CPUQuota: *quota, AllowRemote: *allowRemote})
+	started, err := bench.StartTargets(ctx, specs, bench.StartOptions{CPUs: f.targetCPUs, CPUQuota: f.quota, AllowRemote: f.allowRemote})
 	if err != nil {
 		return err
 	}
@@ -194,9 +264,9 @@ func load(ctx context.Context, mode string, args []string, stdout, stderr io.Wri
 
 	format := bench.Table
 	switch {
-	case *asJSON:
+	case f.asJSON:
 		format = bench.JSON
-	case *asCSV:
+	case f.asCSV:
 		format = bench.CSV
 	}
 	out := bench.NewStepWriter(stdout, format)
@@ -210,17 +280,17 @@ func load(ctx context.Context, mode string, args []string, stdout, stderr io.Wri
 	case "ramp", "fixed":
 		t := started[0]
 		flood.Target, flood.TargetPID = t.Addr, t.PID
-		f, err := bench.NewFlooder(flood)
+		fl, err := bench.NewFlooder(flood)
 		if err != nil {
 			return err
 		}
-		defer f.Close()
+		defer fl.Close()
 		if mode == "ramp" {
 			ramp.OnStep = func(s bench.Step) { s.Target = t.Name; record(s) }
-			_, err = f.Ramp(ctx, ramp)
+			_, err = fl.Ramp(ctx, ramp)
 		} else {
 			var s bench.Step
-			s, err = f.Run(ctx, *rate, *duration)
+			s, err = fl.Run(ctx, f.rate, f.duration)
 			s.Target = t.Name
 			record(s)
 		}
@@ -229,7 +299,7 @@ func load(ctx context.Context, mode string, args []string, stdout, stderr io.Wri
 		}
 	case "compare":
 		summaries, _, err = bench.Compare(ctx, started, bench.CompareConfig{
-			Rounds: *rounds, Ramp: ramp, FixedRate: *fixedRate, FixedDuration: *stepDuration,
+			Rounds: f.rounds, Ramp: ramp, FixedRate: f.fixedRate, FixedDuration: f.step,
 			Flood: flood, OnStep: record,
 		})
 		if err != nil {
@@ -240,12 +310,12 @@ func load(ctx context.Context, mode string, args []string, stdout, stderr io.Wri
 			return err
 		}
 	}
-	if *plotPath != "" {
-		if err := bench.Plot(*plotPath, "fastntp-bench "+mode, steps); err != nil {
+	if f.plotPath != "" {
+		if err := drawPlot(f.plotPath, "fastntp-bench "+mode, steps); err != nil {
 			return err
 		}
 	}
-	if *jsonOut != "" {
+	if f.jsonOut != "" {
 		b, err := json.MarshalIndent(struct {
 			Summaries []bench.Summary `json:"summaries,omitempty"`
 			Steps     []bench.Step    `json:"steps"`
@@ -253,7 +323,7 @@ func load(ctx context.Context, mode string, args []string, stdout, stderr io.Wri
 		if err != nil {
 			return err
 		}
-		if err := os.WriteFile(*jsonOut, append(b, '\n'), 0o644); err != nil {
+		if err := os.WriteFile(f.jsonOut, append(b, '\n'), 0o644); err != nil {
 			return err
 		}
 	}

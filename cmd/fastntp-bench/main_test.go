@@ -3,12 +3,14 @@ package main
 import (
 	"bytes"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/fastntp/fastntp/bench"
-	"github.com/fastntp/fastntp/responder/ntp"
+	"github.com/fastntp/fastntp/internal/ntp"
 )
 
 func TestRunErrors(t *testing.T) {
@@ -19,7 +21,10 @@ func TestRunErrors(t *testing.T) {
 	}{
 		{nil, 2, "Usage"},
 		{[]string{"frobnicate"}, 2, "unknown command"},
-		{[]string{"probe"}, 2, "want one ADDRESS:PORT"},
+		{[]string{"probe"}, 2, "want one ADDRESS or ADDRESS:PORT"},
+		{[]string{"probe", "localhost"}, 2, "not an IP address with an optional port"},
+		{[]string{"probe", "--no-such-flag", "127.0.0.1"}, 2, "unknown flag: --no-such-flag\nRun 'fastntp-bench probe --help'"},
+		{[]string{"fixed", "--target", "127.0.0.1:123", "--start", "5"}, 2, "unknown flag: --start"},
 		{[]string{"probe", "8.8.8.8:123"}, 1, "not an address of this host"},
 		{[]string{"ramp"}, 2, "takes one --target"},
 		{[]string{"ramp", "--target", "1.2.3.4:123"}, 1, "not an address of this host"},
@@ -27,12 +32,56 @@ func TestRunErrors(t *testing.T) {
 		{[]string{"compare", "--target", "a=chronyd", "--require-ahead", "b=1.2"}, 2, "no target after the first"},
 		{[]string{"ramp", "--target", "127.0.0.1:123", "--json", "--csv"}, 2, "exclude each other"},
 		{[]string{"help"}, 0, ""},
+		{[]string{"ramp", "-h"}, 0, ""},
 	}
 	for _, tt := range tests {
 		var out, errOut bytes.Buffer
 		code := run(tt.args, &out, &errOut)
 		if code != tt.code || !strings.Contains(out.String()+errOut.String(), tt.want) {
 			t.Errorf("%v: exit %d, output %q%q; want exit %d mentioning %q", tt.args, code, out.String(), errOut.String(), tt.code, tt.want)
+		}
+	}
+}
+
+// Each command's help goes to stdout and lists that command's options only.
+func TestCommandHelp(t *testing.T) {
+	tests := []struct {
+		command       string
+		want, notWant []string
+	}{
+		{"probe", []string{"--timeout", "ADDRESS[:PORT]"}, []string{"--target", "--rate"}},
+		{"ramp", []string{"--target", "--start", "--max-loss", "--plot"}, []string{"--rate", "--rounds", "--require-ahead"}},
+		{"fixed", []string{"--target", "--rate", "--duration"}, []string{"--start", "--rounds"}},
+		{"compare", []string{"--rounds", "--require-ahead", "--start", "--json-out"}, []string{"--rate ", "--duration"}},
+	}
+	for _, tt := range tests {
+		var out, errOut bytes.Buffer
+		if code := run([]string{tt.command, "--help"}, &out, &errOut); code != 0 || errOut.Len() > 0 {
+			t.Errorf("%s --help: exit %d, stderr %q", tt.command, code, errOut.String())
+		}
+		for _, w := range tt.want {
+			if !strings.Contains(out.String(), w) {
+				t.Errorf("%s --help lacks %s:\n%s", tt.command, w, out.String())
+			}
+		}
+		for _, w := range tt.notWant {
+			if strings.Contains(out.String(), w) {
+				t.Errorf("%s --help lists %s, another command's option:\n%s", tt.command, w, out.String())
+			}
+		}
+	}
+}
+
+func TestParseServerAddress(t *testing.T) {
+	for in, want := range map[string]string{
+		"127.0.0.1":      "127.0.0.1:123",
+		"127.0.0.1:1123": "127.0.0.1:1123",
+		"::1":            "[::1]:123",
+		"[::1]":          "[::1]:123",
+		"[::1]:1123":     "[::1]:1123",
+	} {
+		if got, err := parseServerAddress(in); err != nil || got.String() != want {
+			t.Errorf("parseServerAddress(%q) = %v, %v; want %s", in, got, err, want)
 		}
 	}
 }
@@ -77,5 +126,26 @@ func TestCheckRequires(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "FAIL") {
 		t.Errorf("output %q", out.String())
+	}
+}
+
+func TestDrawPlot(t *testing.T) {
+	steps := []bench.Step{
+		{Target: "a", Rate: 1000, ResponseRate: 1000},
+		{Target: "a", Rate: 2000, ResponseRate: 1500},
+		{Target: "b", Rate: 1000, ResponseRate: 900},
+	}
+	for _, name := range []string{"p.png", "p.svg"} {
+		path := filepath.Join(t.TempDir(), name)
+		if err := drawPlot(path, "test", steps); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(path)
+		if err != nil || len(b) < 1000 {
+			t.Errorf("%s: %d bytes, %v", name, len(b), err)
+		}
+	}
+	if err := drawPlot(filepath.Join(t.TempDir(), "p.gif"), "", steps); err == nil {
+		t.Error("drawPlot accepted a .gif")
 	}
 }

@@ -12,10 +12,8 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -26,7 +24,6 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/fastntp/fastntp/batch"
 	"github.com/fastntp/fastntp/responder"
 	"github.com/fastntp/fastntp/upstream"
 )
@@ -38,163 +35,15 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-// options are the parsed command line.
-type options struct {
-	ipv4Threads, ipv6Threads  int
-	ipv4Address, ipv6Address  netip.AddrPort
-	explicitIPv6              bool
-	server                    netip.AddrPort
-	user, root                string
-	debug                     bool
-	batchSize                 int
-	path                      batch.Path
-	pollInterval, maxAge      time.Duration
-	maxOffset                 time.Duration
-	receiveBuffer, sendBuffer int
-	logFormat                 string
-	statsInterval             time.Duration
-	showVersion               bool
-}
-
-func parseFlags(args []string, stderr io.Writer) (*options, error) {
-	o := &options{}
-	fs := flag.NewFlagSet("fastntp", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	// rsntp's options, each under its short and its long name.
-	shortOf := map[string]string{}
-	both := func(short, long string, f func(name string)) {
-		f(short)
-		f(long)
-		shortOf[long] = short
-	}
-	var ipv4Address, ipv6Address, server, path string
-	both("4", "ipv4-threads", func(n string) { fs.IntVar(&o.ipv4Threads, n, 1, "number of IPv4 `threads` (0 disables IPv4)") })
-	both("6", "ipv6-threads", func(n string) { fs.IntVar(&o.ipv6Threads, n, 1, "number of IPv6 `threads` (0 disables IPv6)") })
-	both("a", "ipv4-address", func(n string) { fs.StringVar(&ipv4Address, n, "0.0.0.0:123", "IPv4 `address:port` to serve") })
-	both("b", "ipv6-address", func(n string) { fs.StringVar(&ipv6Address, n, "[::]:123", "IPv6 `[address]:port` to serve") })
-	both("s", "server-address", func(n string) {
-		fs.StringVar(&server, n, "127.0.0.1:11123", "`address:port` of the backend NTP server (chronyd)")
-	})
-	both("u", "user", func(n string) { fs.StringVar(&o.user, n, "", "run as `user` after binding the sockets") })
-	both("r", "root", func(n string) { fs.StringVar(&o.root, n, "", "chroot to `directory` after binding the sockets") })
-	both("d", "debug", func(n string) { fs.BoolVar(&o.debug, n, false, "log debug messages, including one per request") })
-	fs.IntVar(&o.batchSize, "batch-size", batch.DefaultBatchSize, "most datagrams moved per system call (1 disables batching)")
-	fs.StringVar(&path, "io-path", "auto", "socket I/O: fast (recvmmsg/sendmmsg, Linux), portable (x/net), or auto")
-	fs.DurationVar(&o.pollInterval, "poll-interval", time.Second, "interval between polls of the backend")
-	fs.DurationVar(&o.maxAge, "max-age", 4*time.Second, "serve unsynchronized replies once the last valid backend answer is this old")
-	fs.DurationVar(&o.maxOffset, "max-offset", 10*time.Millisecond, "serve unsynchronized replies while the backend's clock differs from the system clock by more")
-	fs.IntVar(&o.receiveBuffer, "receive-buffer", 4<<20, "socket receive buffer `bytes` per thread (0 keeps the kernel default)")
-	fs.IntVar(&o.sendBuffer, "send-buffer", 0, "socket send buffer `bytes` per thread (0 keeps the kernel default)")
-	fs.StringVar(&o.logFormat, "log-format", "console", "log format: console or json")
-	fs.DurationVar(&o.statsInterval, "stats-interval", time.Minute, "interval between rate summaries in the log (0 disables them)")
-	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: fastntp [options]\n\n"+
-			"Serve NTP with the synchronization state of a local chronyd.\n"+
-			"Options take one or two dashes; rsntp's take their short forms too.\n\n")
-		printOptions(fs, shortOf)
-	}
-	if err := fs.Parse(args); err != nil {
-		return nil, err
-	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	fs.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "6", "ipv6-threads", "b", "ipv6-address":
-			o.explicitIPv6 = true
-		}
-	})
-
-	var err error
-	if o.ipv4Address, err = parseAddress(ipv4Address, false); err != nil {
-		return nil, fmt.Errorf("-a/--ipv4-address: %w", err)
-	}
-	if o.ipv6Address, err = parseAddress(ipv6Address, true); err != nil {
-		return nil, fmt.Errorf("-b/--ipv6-address: %w", err)
-	}
-	if o.server, err = netip.ParseAddrPort(server); err != nil {
-		return nil, fmt.Errorf("-s/--server-address: %w", err)
-	}
-	if o.path, err = batch.ParsePath(path); err != nil {
-		return nil, fmt.Errorf("--io-path: %w", err)
-	}
-	switch {
-	case o.ipv4Threads < 0 || o.ipv4Threads > 1024:
-		return nil, fmt.Errorf("-4/--ipv4-threads: %d is out of range 0..1024", o.ipv4Threads)
-	case o.ipv6Threads < 0 || o.ipv6Threads > 1024:
-		return nil, fmt.Errorf("-6/--ipv6-threads: %d is out of range 0..1024", o.ipv6Threads)
-	case o.ipv4Threads == 0 && o.ipv6Threads == 0:
-		return nil, errors.New("both IPv4 and IPv6 are disabled: nothing to serve")
-	case o.batchSize < 1 || o.batchSize > 1024:
-		return nil, fmt.Errorf("--batch-size: %d is out of range 1..1024", o.batchSize)
-	case o.pollInterval <= 0:
-		return nil, fmt.Errorf("--poll-interval: %v is not positive", o.pollInterval)
-	case o.maxAge < o.pollInterval:
-		return nil, fmt.Errorf("--max-age: %v is shorter than the poll interval %v", o.maxAge, o.pollInterval)
-	case o.maxOffset <= 0:
-		return nil, fmt.Errorf("--max-offset: %v is not positive", o.maxOffset)
-	case o.receiveBuffer < 0 || o.sendBuffer < 0:
-		return nil, errors.New("--receive-buffer and --send-buffer must not be negative")
-	case o.logFormat != "console" && o.logFormat != "json":
-		return nil, fmt.Errorf("--log-format: %q is neither console nor json", o.logFormat)
-	case o.statsInterval < 0:
-		return nil, fmt.Errorf("--stats-interval: %v is negative", o.statsInterval)
-	}
-	return o, nil
-}
-
-// printOptions lists the options as PrintDefaults does, but with each
-// short alias beside its long name rather than as an option of its own.
-func printOptions(fs *flag.FlagSet, shortOf map[string]string) {
-	isShort := map[string]bool{}
-	for _, short := range shortOf {
-		isShort[short] = true
-	}
-	fs.VisitAll(func(f *flag.Flag) {
-		if isShort[f.Name] {
-			return
-		}
-		names := "--" + f.Name
-		if short, ok := shortOf[f.Name]; ok {
-			names = "-" + short + ", " + names
-		}
-		arg, usage := flag.UnquoteUsage(f)
-		if arg != "" {
-			names += " " + arg
-		}
-		if f.DefValue != "" && f.DefValue != "0" && f.DefValue != "false" {
-			usage += fmt.Sprintf(" (default %s)", f.DefValue)
-		}
-		fmt.Fprintf(fs.Output(), "  %s\n    \t%s\n", names, usage)
-	})
-}
-
-// parseAddress parses an address of the given family.
-func parseAddress(s string, v6 bool) (netip.AddrPort, error) {
-	ap, err := netip.ParseAddrPort(s)
-	if err != nil {
-		return ap, err
-	}
-	if ap.Addr().Is4() == v6 || ap.Addr().Is4In6() {
-		family := "IPv4"
-		if v6 {
-			family = "IPv6"
-		}
-		return ap, fmt.Errorf("%s is not an %s address", s, family)
-	}
-	return ap, nil
-}
-
 func run(args []string, stdout, stderr io.Writer) int {
-	o, err := parseFlags(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
+	o, err := parseFlags(args)
 	if err != nil {
-		fmt.Fprintf(stderr, "fastntp: %v\n", err)
+		fmt.Fprintf(stderr, "fastntp: %v\nRun 'fastntp --help' for the options.\n", err)
 		return 2
+	}
+	if o.help {
+		fmt.Fprint(stdout, usage())
+		return 0
 	}
 	if o.showVersion {
 		fmt.Fprintf(stdout, "fastntp %s\n", buildVersion())
@@ -343,35 +192,25 @@ func logRates(ctx context.Context, logger *zap.Logger, srv *responder.Server, sr
 			rate := func(a, b uint64) float64 { return float64(a-b) / secs }
 			snap := src.Load()
 			logger.Info("rates",
-				zap.Float64("received_per_s", rate(cur.Received, prev.Received)),
-				zap.Float64("replied_per_s", rate(cur.Replied, prev.Replied)),
+				zap.Float64("received_per_s", rate(cur[responder.Received], prev[responder.Received])),
+				zap.Float64("replied_per_s", rate(cur[responder.Replied], prev[responder.Replied])),
 				zap.Float64("dropped_per_s", rate(cur.Dropped(), prev.Dropped())),
-				zap.Uint64("send_errors", cur.SendErrors-prev.SendErrors),
-				zap.Uint64("missing_timestamps", cur.MissingTimestamps-prev.MissingTimestamps),
-				zap.Uint64("kernel_drops", cur.KernelDrops-prev.KernelDrops),
+				zap.Uint64("send_errors", cur[responder.SendErrors]-prev[responder.SendErrors]),
+				zap.Uint64("missing_timestamps", cur[responder.MissingTimestamps]-prev[responder.MissingTimestamps]),
+				zap.Uint64("kernel_drops", cur[responder.KernelDrops]-prev[responder.KernelDrops]),
 				zap.Bool("synchronized", snap.Valid(now)))
 			prev, prevTime = cur, now
 		}
 	}
 }
 
+// countersFields renders every counter as a log field.
 func countersFields(c responder.Counters) []zap.Field {
-	return []zap.Field{
-		zap.Uint64("received", c.Received),
-		zap.Uint64("replied", c.Replied),
-		zap.Uint64("dropped_short", c.DroppedShort),
-		zap.Uint64("dropped_format", c.DroppedFormat),
-		zap.Uint64("dropped_version", c.DroppedVersion),
-		zap.Uint64("dropped_mode", c.DroppedMode),
-		zap.Uint64("dropped_authenticated", c.DroppedAuth),
-		zap.Uint64("dropped_truncated", c.DroppedTruncated),
-		zap.Uint64("dropped_source_port", c.DroppedSourcePort),
-		zap.Uint64("send_errors", c.SendErrors),
-		zap.Uint64("read_errors", c.ReadErrors),
-		zap.Uint64("missing_timestamps", c.MissingTimestamps),
-		zap.Uint64("control_truncations", c.ControlTruncations),
-		zap.Uint64("kernel_drops", c.KernelDrops),
+	fields := make([]zap.Field, 0, responder.NumCounters)
+	for k := range responder.NumCounters {
+		fields = append(fields, zap.Uint64(k.String(), c[k]))
 	}
+	return fields
 }
 
 func buildVersion() string {

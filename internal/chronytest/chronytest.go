@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/fastntp/fastntp/bench"
-	"github.com/fastntp/fastntp/responder/ntp"
+	"github.com/fastntp/fastntp/internal/ntp"
 )
 
 // Require returns the path of a program, or ends the test without it.

@@ -1,0 +1,222 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/fastntp/fastntp/batch"
+)
+
+// options are the parsed command line.
+type options struct {
+	help, showVersion         bool
+	ipv4Threads, ipv6Threads  int
+	ipv4Address, ipv6Address  netip.AddrPort
+	explicitIPv6              bool
+	server                    netip.AddrPort
+	user, root                string
+	debug                     bool
+	batchSize                 int
+	path                      batch.Path
+	pollInterval, maxAge      time.Duration
+	maxOffset                 time.Duration
+	receiveBuffer, sendBuffer int
+	logFormat                 string
+	statsInterval             time.Duration
+}
+
+const usageHeader = `Usage: fastntp [options]
+
+Serve NTP to many clients at once with the synchronization state of a local
+chronyd, which fastntp polls over NTP. rsntp's options keep their names,
+short forms and meanings.
+
+Options:
+`
+
+// newFlagSet defines the options into o, with their defaults.
+func newFlagSet(o *options) *pflag.FlagSet {
+	fs := pflag.NewFlagSet("fastntp", pflag.ContinueOnError)
+	fs.SortFlags = false
+	// Parse returns errors; run prints them once, with a pointer to --help.
+	fs.Usage = func() {}
+	fs.SetOutput(io.Discard)
+
+	o.ipv4Address = netip.MustParseAddrPort("0.0.0.0:123")
+	o.ipv6Address = netip.MustParseAddrPort("[::]:123")
+	o.server = netip.MustParseAddrPort("127.0.0.1:11123")
+	o.receiveBuffer = 4 << 20
+
+	fs.IntVarP(&o.ipv4Threads, "ipv4-threads", "4", 1, "number `N` of IPv4 threads (0 disables IPv4)")
+	fs.IntVarP(&o.ipv6Threads, "ipv6-threads", "6", 1, "number `N` of IPv6 threads (0 disables IPv6)")
+	fs.VarP(&addressValue{&o.ipv4Address, "IPv4", "0.0.0.0:123"}, "ipv4-address", "a", "IPv4 `address:port` to serve")
+	fs.VarP(&addressValue{&o.ipv6Address, "IPv6", "[::]:123"}, "ipv6-address", "b", "IPv6 `[address]:port` to serve")
+	fs.VarP(&addressValue{&o.server, "", "127.0.0.1:11123"}, "server-address", "s", "`address:port` of the backend NTP server (chronyd)")
+	fs.StringVarP(&o.user, "user", "u", "", "run as `user` after binding the sockets")
+	fs.StringVarP(&o.root, "root", "r", "", "chroot to `directory` after binding the sockets")
+	fs.BoolVarP(&o.debug, "debug", "d", false, "log debug messages, including one per request")
+	fs.BoolVarP(&o.help, "help", "h", false, "print this help and exit")
+	fs.IntVar(&o.batchSize, "batch-size", batch.DefaultBatchSize, "most datagrams moved per system call, `N` (1 disables batching)")
+	fs.Var(&pathValue{&o.path}, "io-path", "socket I/O: fast (recvmmsg/sendmmsg, Linux), portable (x/net), or auto")
+	fs.DurationVar(&o.pollInterval, "poll-interval", time.Second, "interval between polls of the backend")
+	fs.DurationVar(&o.maxAge, "max-age", 4*time.Second, "serve unsynchronized replies once the last valid backend answer is this old")
+	fs.DurationVar(&o.maxOffset, "max-offset", 10*time.Millisecond, "serve unsynchronized replies while the backend's clock differs from the system clock by more")
+	fs.Var(&sizeValue{&o.receiveBuffer}, "receive-buffer", "socket receive buffer per thread, in `bytes` (K, M and G suffixes; 0 keeps the kernel default)")
+	fs.Var(&sizeValue{&o.sendBuffer}, "send-buffer", "socket send buffer per thread, in `bytes` (0 keeps the kernel default)")
+	fs.StringVar(&o.logFormat, "log-format", "console", "log `format`: console or json")
+	fs.DurationVar(&o.statsInterval, "stats-interval", time.Minute, "interval between rate summaries in the log (0 disables them)")
+	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
+	return fs
+}
+
+// usage returns the help text.
+func usage() string {
+	return usageHeader + strings.TrimRight(newFlagSet(&options{}).FlagUsagesWrapped(100), "\n") + "\n"
+}
+
+// parseFlags parses the command line. Asking for help or the version is not
+// an error: the caller checks o.help and o.showVersion first.
+func parseFlags(args []string) (*options, error) {
+	o := &options{}
+	fs := newFlagSet(o)
+	if err := checkDashes(fs, args); err != nil {
+		return nil, err
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if o.help || o.showVersion {
+		return o, nil
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q (fastntp takes options only)", fs.Arg(0))
+	}
+	o.explicitIPv6 = fs.Changed("ipv6-threads") || fs.Changed("ipv6-address")
+	switch {
+	case o.ipv4Threads < 0 || o.ipv4Threads > 1024:
+		return nil, fmt.Errorf("-4/--ipv4-threads: %d is out of range 0..1024", o.ipv4Threads)
+	case o.ipv6Threads < 0 || o.ipv6Threads > 1024:
+		return nil, fmt.Errorf("-6/--ipv6-threads: %d is out of range 0..1024", o.ipv6Threads)
+	case o.ipv4Threads == 0 && o.ipv6Threads == 0:
+		return nil, errors.New("both IPv4 and IPv6 are disabled (-4 0 -6 0): nothing to serve")
+	case o.batchSize < 1 || o.batchSize > 1024:
+		return nil, fmt.Errorf("--batch-size: %d is out of range 1..1024", o.batchSize)
+	case o.pollInterval <= 0:
+		return nil, fmt.Errorf("--poll-interval: %v is not positive", o.pollInterval)
+	case o.maxAge < o.pollInterval:
+		return nil, fmt.Errorf("--max-age: %v is shorter than the poll interval %v", o.maxAge, o.pollInterval)
+	case o.maxOffset <= 0:
+		return nil, fmt.Errorf("--max-offset: %v is not positive", o.maxOffset)
+	case o.logFormat != "console" && o.logFormat != "json":
+		return nil, fmt.Errorf("--log-format: %q is neither console nor json", o.logFormat)
+	case o.statsInterval < 0:
+		return nil, fmt.Errorf("--stats-interval: %v is negative", o.statsInterval)
+	}
+	return o, nil
+}
+
+// checkDashes catches a long option written with one dash, which GNU-style
+// parsing would read as a cluster of short options and reject with a
+// puzzling message about its second letter.
+func checkDashes(fs *pflag.FlagSet, args []string) error {
+	for _, arg := range args {
+		if arg == "--" {
+			return nil
+		}
+		if len(arg) < 3 || arg[0] != '-' || arg[1] == '-' {
+			continue
+		}
+		name, _, _ := strings.Cut(arg[1:], "=")
+		if fs.Lookup(name) != nil {
+			return fmt.Errorf("%s: long options take two dashes: -%s", arg, arg)
+		}
+	}
+	return nil
+}
+
+// addressValue is an address and port flag. An empty family accepts both.
+type addressValue struct {
+	ap      *netip.AddrPort
+	family  string
+	example string
+}
+
+func (v *addressValue) String() string { return v.ap.String() }
+func (v *addressValue) Type() string   { return "address:port" }
+
+func (v *addressValue) Set(s string) error {
+	family := v.family
+	if family == "" {
+		family = "IP"
+	}
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		// netip's message names its own functions; say what is wanted.
+		return fmt.Errorf("want an %s address and a port, such as %s (host names are not looked up)", family, v.example)
+	}
+	addr := ap.Addr()
+	if (v.family == "IPv4" && !addr.Is4()) || (v.family == "IPv6" && (!addr.Is6() || addr.Is4In6())) {
+		return fmt.Errorf("not an %s address; want one such as %s", v.family, v.example)
+	}
+	*v.ap = ap
+	return nil
+}
+
+// pathValue is the --io-path flag.
+type pathValue struct{ p *batch.Path }
+
+func (v *pathValue) String() string { return v.p.String() }
+func (v *pathValue) Type() string   { return "path" }
+
+func (v *pathValue) Set(s string) error {
+	p, err := batch.ParsePath(s)
+	if err != nil {
+		return errors.New("want auto, fast or portable")
+	}
+	*v.p = p
+	return nil
+}
+
+// sizeValue is a byte count with an optional binary suffix: 4194304, 4096K
+// or 4M.
+type sizeValue struct{ n *int }
+
+func (v *sizeValue) Type() string { return "bytes" }
+
+func (v *sizeValue) String() string {
+	switch n := *v.n; {
+	case n != 0 && n%(1<<30) == 0:
+		return strconv.Itoa(n>>30) + "G"
+	case n != 0 && n%(1<<20) == 0:
+		return strconv.Itoa(n>>20) + "M"
+	case n != 0 && n%(1<<10) == 0:
+		return strconv.Itoa(n>>10) + "K"
+	default:
+		return strconv.Itoa(n)
+	}
+}
+
+func (v *sizeValue) Set(s string) error {
+	digits, shift := s, 0
+	switch {
+	case strings.HasSuffix(s, "K"):
+		digits, shift = s[:len(s)-1], 10
+	case strings.HasSuffix(s, "M"):
+		digits, shift = s[:len(s)-1], 20
+	case strings.HasSuffix(s, "G"):
+		digits, shift = s[:len(s)-1], 30
+	}
+	n, err := strconv.ParseUint(digits, 10, 31)
+	if err != nil || n<<shift > 1<<31-1 {
+		return errors.New("want a size in bytes below 2G, such as 4194304, 4096K or 4M")
+	}
+	*v.n = int(n << shift)
+	return nil
+}

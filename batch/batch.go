@@ -15,7 +15,10 @@ package batch
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -113,6 +116,34 @@ func ParsePath(s string) (Path, error) {
 	return 0, fmt.Errorf("unknown I/O path %q (want auto, fast or portable)", s)
 }
 
+// ErrAddressInUse is returned by CheckFree for an address that a socket
+// other than the caller's is bound to.
+var ErrAddressInUse = errors.New("address already in use by another socket")
+
+// CheckFree checks that no socket holds addr, by binding it for a moment
+// without SO_REUSEPORT, and returns it with the port the kernel picked if
+// addr's port was zero. Listen's sockets share an address through
+// SO_REUSEPORT with any socket of the same user that asks for it, another
+// fastntp or chronyd among them, and the kernel would then split the
+// clients between them in silence; checking first makes that an error.
+func CheckFree(addr netip.AddrPort) (netip.AddrPort, error) {
+	addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
+	network := "udp4"
+	if addr.Addr().Is6() {
+		network = "udp6" // IPV6_V6ONLY: IPv4 sockets on the port are no conflict
+	}
+	conn, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(addr))
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return addr, fmt.Errorf("%s: %w (another fastntp, or an NTP server such as chronyd or ntpd still serving the port?)", addr, ErrAddressInUse)
+	}
+	if err != nil {
+		return addr, fmt.Errorf("bind %s: %w", addr, err)
+	}
+	port := conn.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+	conn.Close()
+	return netip.AddrPortFrom(addr.Addr(), port), nil
+}
+
 // ErrFastPathUnavailable is returned by Listen for PathFast on platforms
 // without recvmmsg and sendmmsg.
 var ErrFastPathUnavailable = errors.New("batch: the recvmmsg/sendmmsg path is only available on Linux")
@@ -146,8 +177,10 @@ type Info struct {
 	// PacketInfo reports whether received datagrams carry their local
 	// address; it is only asked for on a wildcard bind.
 	PacketInfo bool
-	// ReceiveBuffer and SendBuffer are the sizes the kernel reports after
-	// the request (Linux reports twice the usable size).
+	// ReceiveBuffer and SendBuffer are the usable sizes the kernel granted:
+	// on Linux, half of what getsockopt reports, the other half being set
+	// aside for the kernel's bookkeeping. They compare with what Config
+	// asked for.
 	ReceiveBuffer, SendBuffer int
 }
 
@@ -196,6 +229,22 @@ func (m *Message) received(n int, peer netip.AddrPort, msgFlags int, control []b
 	return parseControl(control, m)
 }
 
+// dropCounter widens the kernel's count of datagrams dropped for a full
+// receive buffer (SO_RXQ_OVFL), a 32-bit number that wraps, into a 64-bit
+// total. Only the reading goroutine updates it.
+type dropCounter struct {
+	last  uint32
+	total atomic.Uint64
+}
+
+// update takes the kernel's latest count. A new socket's count starts at 0.
+func (d *dropCounter) update(kernel uint32) {
+	d.total.Add(uint64(kernel - d.last)) // modulo 2^32, across a wrap too
+	d.last = kernel
+}
+
+func (d *dropCounter) load() uint64 { return d.total.Load() }
+
 // NewMessages returns n messages, each with its own buffer of size bytes.
 func NewMessages(n, size int) []Message {
 	slab := make([]byte, n*size)
@@ -215,6 +264,9 @@ func sendAll(n int, send func(start, count int) (int, error)) (int, error) {
 	for start := 0; start < n; {
 		k, err := send(start, n-start)
 		switch {
+		case errors.Is(err, syscall.EINTR):
+			// A signal interrupted the call before it sent anything:
+			// try the same run again rather than lose a reply.
 		case err != nil && fatal(err):
 			return sent, err
 		case err != nil || k <= 0:

@@ -95,9 +95,7 @@ func configure(fd int, cfg Config, info *Info) error {
 			return os.NewSyscallError("setsockopt IPV6_V6ONLY", err)
 		}
 	}
-	// Prefer the 64-bit layout; kernels before 5.1 only know the old one.
-	info.Timestamps = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS_NEW, 1) == nil ||
-		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS_OLD, 1) == nil
+	info.Timestamps = enableTimestamps(fd)
 	if cfg.Address.Addr().IsUnspecified() {
 		if v6 {
 			info.PacketInfo = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, 1) == nil
@@ -111,17 +109,33 @@ func configure(fd int, cfg Config, info *Info) error {
 	return nil
 }
 
-// setBuffer asks for size bytes, forcing past net.core.[rw]mem_max when the
-// process may (CAP_NET_ADMIN), and returns what the kernel granted.
+// enableTimestamps asks the kernel to stamp every datagram fd receives, and
+// reports whether it will.
+func enableTimestamps(fd int) bool {
+	// Prefer the 64-bit layout; kernels before 5.1 only know the old one.
+	return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS_NEW, 1) == nil ||
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS_OLD, 1) == nil
+}
+
+// setBuffer asks for size usable bytes, forcing past net.core.[rw]mem_max
+// when the process may (CAP_NET_ADMIN), and returns the usable size the
+// kernel granted.
 func setBuffer(fd, opt, force, size int) int {
 	if size > 0 {
 		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, opt, size)
-		if got, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, opt); got < size {
+		if usableBuffer(fd, opt) < size {
 			_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, force, size)
 		}
 	}
+	return usableBuffer(fd, opt)
+}
+
+// usableBuffer returns the part of a socket buffer that holds data. Linux
+// doubles the size it is asked for, to leave room for its bookkeeping, and
+// reports the doubled size (socket(7)).
+func usableBuffer(fd, opt int) int {
 	got, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, opt)
-	return got
+	return got / 2
 }
 
 // fatal reports whether a send error means the socket is unusable, rather

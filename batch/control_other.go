@@ -27,6 +27,8 @@ func listenFast(Config) (Conn, error) { return nil, ErrFastPathUnavailable }
 
 func parseControl([]byte, *Message) (uint32, bool) { return 0, false }
 
+func enableTimestamps(int) bool { return false }
+
 func putSource([]byte, netip.Addr, uint32) int { return 0 }
 
 func configure(fd int, cfg Config, info *Info) error {

@@ -26,7 +26,7 @@ type fastConn struct {
 	info   Info
 	recv   mmsgScratch
 	send   mmsgScratch
-	drops  atomic.Uint64
+	drops  dropCounter
 	closed atomic.Bool
 	// refs counts the open reference plus calls in progress; the last one
 	// out closes fd, so Close never closes a descriptor a call still uses.
@@ -99,7 +99,7 @@ func listenFast(cfg Config) (Conn, error) {
 
 func (c *fastConn) LocalAddr() netip.AddrPort { return c.local }
 func (c *fastConn) Info() Info                { return c.info }
-func (c *fastConn) Dropped() uint64           { return c.drops.Load() }
+func (c *fastConn) Dropped() uint64           { return c.drops.load() }
 
 func (c *fastConn) acquire() bool {
 	for {
@@ -177,7 +177,7 @@ func (c *fastConn) ReadBatch(msgs []Message) (int, error) {
 		if ok && i == got-1 {
 			// The counter is cumulative; the newest datagram has the
 			// latest value.
-			c.drops.Store(uint64(drops))
+			c.drops.update(drops)
 		}
 	}
 	return got, nil

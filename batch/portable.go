@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/net/ipv4"
@@ -32,7 +31,7 @@ type portableConn struct {
 	batch batchConn
 	local netip.AddrPort
 	info  Info
-	drops atomic.Uint64
+	drops dropCounter
 
 	recv, send []ipv6.Message
 	recvCtl    []byte
@@ -80,7 +79,7 @@ func listenPortable(cfg Config) (Conn, error) {
 
 func (c *portableConn) LocalAddr() netip.AddrPort { return c.local }
 func (c *portableConn) Info() Info                { return c.info }
-func (c *portableConn) Dropped() uint64           { return c.drops.Load() }
+func (c *portableConn) Dropped() uint64           { return c.drops.load() }
 func (c *portableConn) Close() error              { return c.udp.Close() }
 
 func (c *portableConn) ReadBatch(msgs []Message) (int, error) {
@@ -109,7 +108,7 @@ func (c *portableConn) ReadBatch(msgs []Message) (int, error) {
 			peer = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 		}
 		if drops, ok := msgs[i].received(r.N, peer, r.Flags, r.OOB[:r.NN]); ok && i == got-1 {
-			c.drops.Store(uint64(drops))
+			c.drops.update(drops)
 		}
 	}
 	return got, nil

@@ -13,6 +13,7 @@ import (
 // of the run it returns an error, otherwise the count so far.
 type fakeSender struct {
 	refuse map[int]error // index -> errno
+	eintr  int           // calls to interrupt before they send anything
 	limit  int           // most messages per call, 0 for no limit
 	fatal  bool
 	sent   []int
@@ -21,6 +22,10 @@ type fakeSender struct {
 
 func (f *fakeSender) send(start, count int) (int, error) {
 	f.calls++
+	if f.eintr > 0 {
+		f.eintr--
+		return -1, syscall.EINTR
+	}
 	if f.fatal {
 		return -1, net.ErrClosed
 	}
@@ -80,5 +85,13 @@ func TestSendAllStopsOnFatalError(t *testing.T) {
 	}
 	if f.calls != 1 {
 		t.Errorf("%d calls after a fatal error, want 1", f.calls)
+	}
+}
+
+// A signal that interrupts sendmmsg before it sends loses no reply.
+func TestSendAllRetriesInterrupted(t *testing.T) {
+	f := &fakeSender{eintr: 2}
+	if got, err := sendAll(3, f.send); got != 3 || err != nil || !slices.Equal(f.sent, []int{0, 1, 2}) {
+		t.Errorf("sendAll = %d, %v; sent %v, want all 3", got, err, f.sent)
 	}
 }

@@ -58,7 +58,10 @@ func TestAccounting(t *testing.T) {
 	add(reply(requestID(4, 3, 2), nil))                                                              // earlier step: late
 	add(reply(requestID(5, 3, 3), func(h *ntp.Header) { h.Mode = ntp.ModeClient }))                  // invalid
 	add(reply(requestID(5, 3, 4), func(h *ntp.Header) { h.Stratum, h.ReferenceID = 0, 0x52415445 })) // KoD
-	add(reply(requestID(5, 3, 5), func(h *ntp.Header) { h.Leap, h.Stratum = 3, 0 }))                 // unsynchronized, valid
+	// chronyd's KoD carries leap 3; it is a KoD all the same, not an
+	// unsynchronized reply.
+	add(reply(requestID(5, 3, 7), func(h *ntp.Header) { h.Leap, h.Stratum, h.ReferenceID = 3, 0, 0x52415445 })) // KoD
+	add(reply(requestID(5, 3, 5), func(h *ntp.Header) { h.Leap, h.Stratum = 3, 0 }))                            // unsynchronized, valid
 	short := reply(requestID(5, 3, 6), nil)
 	short.N = 40
 	add(short) // invalid
@@ -66,8 +69,8 @@ func TestAccounting(t *testing.T) {
 	add(reply(requestID(5, 3, 900), nil)) // beyond the bitmap: grows, valid
 
 	a := c.acc
-	if a.valid != 4 || a.invalid != 5 || a.kod != 1 || a.late != 1 || a.unsynced != 1 {
-		t.Errorf("valid %d invalid %d kod %d late %d unsynced %d; want 4 5 1 1 1", a.valid, a.invalid, a.kod, a.late, a.unsynced)
+	if a.valid != 4 || a.invalid != 5 || a.kod != 2 || a.late != 1 || a.unsynced != 1 {
+		t.Errorf("valid %d invalid %d kod %d late %d unsynced %d; want 4 5 2 1 1", a.valid, a.invalid, a.kod, a.late, a.unsynced)
 	}
 	if len(a.responseTimes) != 4 || a.responseTimes[0] < 19*time.Microsecond || a.responseTimes[0] > 21*time.Microsecond {
 		t.Errorf("response times %v, want four of 20µs", a.responseTimes)

@@ -218,7 +218,10 @@ func (a *accumulator) add(c *client, m *batch.Message) {
 		return
 	}
 	a.seen[seq/64] |= 1 << (seq % 64)
-	if h.Stratum == 0 && h.Leap != ntp.LeapUnsynchronized {
+	// A kiss-o'-death is stratum 0 with a kiss code, whatever its leap bits
+	// (chronyd's carry leap 3); stratum 0 with reference ID 0 is an
+	// unsynchronized server's reply.
+	if h.Stratum == 0 && h.ReferenceID != 0 {
 		a.kod++
 		return
 	}

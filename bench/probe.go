@@ -82,7 +82,10 @@ func Probe(ctx context.Context, addr netip.AddrPort, timeout time.Duration) (*Pr
 func (r *ProbeResult) String() string {
 	h := r.Server
 	state := "claims to be synchronized"
-	if !r.Synchronized() {
+	switch {
+	case h.Stratum == 0 && h.ReferenceID != 0:
+		state = fmt.Sprintf("sent a kiss-o'-death (%s): it refuses to give the time", formatReferenceID(h.ReferenceID, 0))
+	case !r.Synchronized():
 		state = "is NOT synchronized"
 	}
 	return fmt.Sprintf("leap %d, version %d, mode %d, stratum %d, poll %d, precision %d\n"+

@@ -37,7 +37,7 @@ func (h *replyTemplate) prepare(s *upstream.Snapshot, now time.Time) {
 		*h = replyTemplate{snapshot: s, leap: ntp.LeapUnsynchronized, precision: s.Precision, rootDelay: 1 << 16}
 		return
 	}
-	h.leap = s.Leap
+	h.leap = s.LeapAt(now)
 	h.stratum = s.Stratum
 	h.precision = s.Precision
 	h.rootDelay = s.RootDelay

@@ -81,7 +81,7 @@ func TestUnsynchronizedReply(t *testing.T) {
 	leap3 := syncedSnapshot(now)
 	leap3.Synchronized = false
 	for name, snap := range map[string]*upstream.Snapshot{
-		"before the first answer": upstream.Unsynchronized(-20, "no answer"),
+		"before the first answer": upstream.Unsynchronized(-20, upstream.CauseNoAnswerYet, "no answer"),
 		"stale":                   stale,
 		"backend unsynchronized":  leap3,
 	} {
@@ -105,55 +105,30 @@ func TestLeapSecondMirrored(t *testing.T) {
 	}
 }
 
-// FuzzReply checks that no datagram panics the reply path and that every
-// reply is no longer than its request and answers it.
-func FuzzReply(f *testing.F) {
-	for _, tc := range requestClasses {
-		f.Add(tc.pkt, uint16(40000))
-	}
-	now := time.Now()
-	snap := syncedSnapshot(now)
-	f.Fuzz(func(t *testing.T, req []byte, port uint16) {
-		mode, v := classify(req, port)
-		if v != Replied {
-			return
+// Around a leap second the reply's leap indicator follows the clock of the
+// batch, not the snapshot's age: the announcement, then chronyd's leap 3
+// with the stratum and reference kept, then no leap at all.
+func TestLeapSecondWindow(t *testing.T) {
+	taken := time.Date(2016, 12, 31, 23, 59, 58, 0, time.UTC)
+	snap := syncedSnapshot(taken)
+	snap.Leap = ntp.LeapInsertSecond
+	snap.LeapStart = taken.Add(1500 * time.Millisecond) // 23:59:59.5
+	for _, tc := range []struct {
+		after     time.Duration
+		wantLeap  uint8
+		wantStrat uint8
+	}{
+		{0, ntp.LeapInsertSecond, 2},
+		{1499 * time.Millisecond, ntp.LeapInsertSecond, 2},
+		{1500 * time.Millisecond, ntp.LeapUnsynchronized, 2},
+		{3499 * time.Millisecond, ntp.LeapUnsynchronized, 2},
+		{3500 * time.Millisecond, ntp.LeapNone, 2},
+	} {
+		now := taken.Add(tc.after)
+		got := buildReply(t, snap, packet(4, ntp.ModeClient), now, now, now)
+		if got.Leap != tc.wantLeap || got.Stratum != tc.wantStrat || got.ReferenceID != snap.ReferenceID {
+			t.Errorf("%v after the poll: leap %d stratum %d refid %x, want leap %d stratum %d refid %x",
+				tc.after, got.Leap, got.Stratum, got.ReferenceID, tc.wantLeap, tc.wantStrat, snap.ReferenceID)
 		}
-		var h replyTemplate
-		h.prepare(snap, now)
-		buf := bytes.Clone(req)
-		n := h.build(buf, mode, ntp.TimeFrom(now))
-		stamp(buf, h.dispersion(now), ntp.TimeFrom(now))
-		if n > len(req) {
-			t.Fatalf("reply of %d bytes to a %d-byte request", n, len(req))
-		}
-		var got ntp.Header
-		if err := got.Parse(buf[:n]); err != nil {
-			t.Fatal(err)
-		}
-		if got.Version != req[0]>>3&7 || !bytes.Equal(buf[24:32], req[40:48]) || got.Poll != max(int8(req[2]), minPoll) {
-			t.Fatalf("reply %+v does not answer request %x", got, req[:ntp.HeaderSize])
-		}
-		if got.Mode != ntp.ModeServer && got.Mode != ntp.ModePassive {
-			t.Fatalf("reply mode %d", got.Mode)
-		}
-	})
-}
-
-func BenchmarkReplyPath(b *testing.B) {
-	now := time.Now()
-	snap := syncedSnapshot(now)
-	req := packet(4, ntp.ModeClient)
-	buf := make([]byte, maxRequestSize)
-	var h replyTemplate
-	b.ReportAllocs()
-	for b.Loop() {
-		n := copy(buf, req)
-		h.prepare(snap, now)
-		mode, v := classify(buf[:n], 40000)
-		if v != Replied {
-			b.Fatal("dropped")
-		}
-		h.build(buf, mode, ntp.TimeFrom(now))
-		stamp(buf, h.dispersion(now), ntp.TimeFrom(now))
 	}
 }

@@ -60,6 +60,10 @@ type Config struct {
 	// Logger receives the start-up summary and, at debug level, a line per
 	// request. If nil, nothing is logged.
 	Logger *zap.Logger
+
+	// listen opens one worker's socket; tests replace it to inject faults.
+	// If nil, batch.Listen.
+	listen func(batch.Config) (batch.Conn, error)
 }
 
 // maxRequestSize is the receive buffer per datagram: the header, the most
@@ -86,6 +90,9 @@ func Listen(cfg Config) (*Server, error) {
 	if cfg.BatchSize == 0 {
 		cfg.BatchSize = batch.DefaultBatchSize
 	}
+	if cfg.listen == nil {
+		cfg.listen = batch.Listen
+	}
 	s := &Server{cfg: cfg}
 	for _, l := range cfg.Listeners {
 		if l.Workers < 0 {
@@ -93,7 +100,9 @@ func Listen(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("responder: %d workers for %s", l.Workers, l.Address)
 		}
 		ws, err := s.listen(l)
-		if err != nil && l.Optional {
+		// An address family the host lacks is no reason to stop; an address
+		// that someone else serves is.
+		if err != nil && l.Optional && !errors.Is(err, batch.ErrAddressInUse) {
 			cfg.Logger.Warn("not serving an optional address", zap.Stringer("address", l.Address), zap.Error(err))
 			continue
 		}
@@ -109,12 +118,19 @@ func Listen(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// listen opens the sockets of one listener, all of them or none.
+// listen opens the sockets of one listener, all of them or none. Its
+// workers share the address; no other socket may.
 func (s *Server) listen(l Listener) ([]*worker, error) {
+	if l.Workers == 0 {
+		return nil, nil
+	}
+	addr, err := batch.CheckFree(l.Address)
+	if err != nil {
+		return nil, fmt.Errorf("responder: %w", err)
+	}
 	var ws []*worker
-	addr := l.Address
 	for i := range l.Workers {
-		conn, err := batch.Listen(batch.Config{
+		conn, err := s.cfg.listen(batch.Config{
 			Address:       addr,
 			Path:          s.cfg.Path,
 			BatchSize:     s.cfg.BatchSize,
@@ -126,11 +142,6 @@ func (s *Server) listen(l Listener) ([]*worker, error) {
 				w.conn.Close()
 			}
 			return nil, fmt.Errorf("responder: worker %d: %w", i, err)
-		}
-		if i == 0 {
-			// With port 0 the first socket picks the port; the others
-			// must join its group.
-			addr = conn.LocalAddr()
 		}
 		ws = append(ws, newWorker(conn, s.cfg))
 	}
@@ -165,16 +176,29 @@ type SocketInfo struct {
 }
 
 // Serve runs the workers until ctx is done, then closes the sockets, waits
-// for every worker to return, and returns nil. A Server serves once.
+// for every worker to return, and returns nil. If a worker fails (its socket
+// became unusable), Serve stops them all the same way and returns the
+// error: a server one worker short would keep losing the clients that
+// SO_REUSEPORT sends its way, and its supervisor (systemd) can only restart
+// a process that exits. A Server serves once.
 func (s *Server) Serve(ctx context.Context) error {
 	var wg sync.WaitGroup
+	failed := make(chan error, len(s.workers))
 	for _, w := range s.workers {
-		wg.Go(w.run)
+		wg.Go(func() {
+			if err := w.run(); err != nil {
+				failed <- err
+			}
+		})
 	}
-	<-ctx.Done()
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-failed:
+	}
 	s.close()
 	wg.Wait()
-	return nil
+	return err
 }
 
 func (s *Server) close() {
@@ -217,14 +241,16 @@ func newWorker(conn batch.Conn, cfg Config) *worker {
 	}
 }
 
-// run serves until the socket is closed.
-func (w *worker) run() {
+// run serves until the socket is closed, and returns nil then. On any other
+// end it closes the socket itself, so that the kernel stops steering
+// clients to it, and returns why.
+func (w *worker) run() error {
 	backoff := time.Duration(0)
 	for {
 		n, err := w.conn.ReadBatch(w.msgs)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
-				return
+				return nil
 			}
 			// Errors that are not the socket's end are transient (ENOMEM,
 			// say): count them and back off rather than spin.
@@ -236,11 +262,12 @@ func (w *worker) run() {
 		backoff = 0
 		if err := w.serveBatch(n); err != nil {
 			// Only an unusable socket fails a whole send; closing is the
-			// normal way, anything else leaves this address one worker short.
-			if !errors.Is(err, net.ErrClosed) {
-				w.logger.Error("worker stopped", zap.Stringer("address", w.conn.LocalAddr()), zap.Error(err))
+			// normal way.
+			if errors.Is(err, net.ErrClosed) {
+				return nil
 			}
-			return
+			w.conn.Close()
+			return fmt.Errorf("responder: worker on %s: %w", w.conn.LocalAddr(), err)
 		}
 	}
 }

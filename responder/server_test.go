@@ -3,12 +3,16 @@ package responder
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -400,3 +404,88 @@ func benchmarkThroughput(b *testing.B, path batch.Path, size int) {
 }
 
 var nopLogger = zap.NewNop()
+
+// failingConn is a real socket whose sends fail, as a socket that has become
+// unusable does.
+type failingConn struct {
+	batch.Conn
+	closed atomic.Bool
+}
+
+func (c *failingConn) WriteBatch([]batch.Message) (int, error) {
+	return 0, os.NewSyscallError("sendmmsg", syscall.EBADF)
+}
+
+func (c *failingConn) Close() error {
+	c.closed.Store(true)
+	return c.Conn.Close()
+}
+
+// A worker whose socket fails leaves the SO_REUSEPORT group at once, and
+// Serve stops the others and returns the error, so that the process exits
+// non-zero and its supervisor restarts it.
+func TestWorkerFailureStopsServe(t *testing.T) {
+	var conns []*failingConn
+	cfg := Config{Listeners: loopbackListeners(2)[:1], Source: newStaticSource(freshSnapshot())}
+	cfg.Listeners[0].Workers = 2
+	cfg.listen = func(c batch.Config) (batch.Conn, error) {
+		conn, err := batch.Listen(c)
+		if err != nil {
+			return nil, err
+		}
+		fc := &failingConn{Conn: conn}
+		conns = append(conns, fc)
+		return fc, nil
+	}
+	srv, err := Listen(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(context.Background()) }()
+	// Requests from many ports reach both workers; the first batch fails.
+	for i := 0; i < 20; i++ {
+		chronytest.Query(srv.Addrs()[0], 20*time.Millisecond)
+	}
+	select {
+	case err := <-done:
+		if err == nil || !errors.Is(err, syscall.EBADF) || !strings.Contains(err.Error(), "worker on 127.0.0.1:") {
+			t.Errorf("Serve returned %v, want the worker's EBADF", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve still running 5s after its workers' sockets failed")
+	}
+	for i, c := range conns {
+		if !c.closed.Load() {
+			t.Errorf("socket %d still open after Serve returned", i)
+		}
+	}
+}
+
+// Another socket on the address, such as a chronyd left serving the port,
+// would take a share of the clients through SO_REUSEPORT: Listen refuses.
+func TestListenRefusesSharedAddress(t *testing.T) {
+	chronyd := chronytest.StartChronyd(t, chronytest.Options{})
+	src := newStaticSource(freshSnapshot())
+	for _, l := range []Listener{
+		{Address: chronyd.Addr, Workers: 2},
+		{Address: netip.AddrPortFrom(netip.IPv4Unspecified(), chronyd.Addr.Port()), Workers: 1},
+		{Address: chronyd.Addr, Workers: 1, Optional: true},
+	} {
+		srv, err := Listen(Config{Listeners: []Listener{l}, Source: src})
+		if err == nil {
+			srv.close()
+			t.Errorf("Listen(%v) beside chronyd on %v succeeded", l, chronyd.Addr)
+			continue
+		}
+		if !errors.Is(err, batch.ErrAddressInUse) {
+			t.Errorf("Listen(%v): %v, want ErrAddressInUse", l, err)
+		}
+	}
+	// A second fastntp on the same address is refused too.
+	first := startServer(t, Config{Listeners: loopbackListeners(2)[:1], Source: src})
+	if srv, err := Listen(Config{Listeners: []Listener{{Address: first.Addrs()[0], Workers: 1}}, Source: src}); err == nil {
+		srv.close()
+		t.Errorf("a second server on %v started", first.Addrs()[0])
+	}
+}

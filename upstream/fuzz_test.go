@@ -7,8 +7,9 @@ import (
 	"github.com/fastntp/fastntp/internal/ntp"
 )
 
-// FuzzParseAnswer feeds arbitrary answers to the poller's parser: no panic,
-// and a synchronized snapshot only from a server-mode answer to our request.
+// FuzzParseAnswer feeds arbitrary answers to the poller's reader and judge:
+// no panic, and a synchronized snapshot only from a server-mode answer to
+// our request that claims a stratum, never from a kiss-o'-death.
 func FuzzParseAnswer(f *testing.F) {
 	good := make([]byte, ntp.HeaderSize)
 	now := time.Now()
@@ -21,12 +22,16 @@ func FuzzParseAnswer(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		snap, err := p.parse(b, 7, now, now)
-		if err != nil || !snap.Synchronized {
+		a := &answer{sent: now, arrived: now, received: now}
+		if readAnswer(&a.header, b, 7) != nil {
 			return
 		}
-		var h ntp.Header
-		if h.Parse(b) != nil || h.Mode != ntp.ModeServer || h.OriginTime != 7 || h.Leap == ntp.LeapUnsynchronized {
+		snap, _, _ := p.judge(a, nil, now)
+		if snap == nil || !snap.Synchronized {
+			return
+		}
+		h := a.header
+		if h.Mode != ntp.ModeServer || h.OriginTime != 7 || h.Stratum == 0 || h.Stratum >= ntp.MaxStratum {
 			t.Fatalf("synchronized snapshot from %x", b)
 		}
 	})

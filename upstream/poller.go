@@ -12,12 +12,27 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
+	"github.com/fastntp/fastntp/batch"
 	"github.com/fastntp/fastntp/internal/ntp"
 )
 
 // DefaultServer is where rsntp, and so fastntp, expects the backend chronyd.
 var DefaultServer = netip.MustParseAddrPort("127.0.0.1:11123")
+
+// MinInterval is the shortest poll interval New accepts. Faster polling
+// tells nothing more about a backend that updates its state every few
+// seconds, and costs it a core.
+const MinInterval = 100 * time.Millisecond
+
+// MaxInterval is the longest poll interval New accepts: the state must be
+// refreshed well within the hour for its age to mean anything.
+const MaxInterval = time.Hour
+
+// maxBackoff bounds how far a backend's kiss-o'-death slows the polls, as a
+// multiple of the configured interval.
+const maxBackoff = 16
 
 // Config configures a Poller. The zero value of each field selects the
 // documented default.
@@ -70,6 +85,8 @@ func (c Config) validate() error {
 		return errors.New("upstream: durations must not be negative")
 	case c.Server.Port() == 0:
 		return fmt.Errorf("upstream: server %s has no port", c.Server)
+	case c.Interval < MinInterval || c.Interval > MaxInterval:
+		return fmt.Errorf("upstream: poll interval %v is outside %v..%v", c.Interval, MinInterval, MaxInterval)
 	case c.Timeout > c.Interval:
 		return fmt.Errorf("upstream: timeout %v exceeds the poll interval %v", c.Timeout, c.Interval)
 	case c.MaxAge < c.Interval:
@@ -78,13 +95,62 @@ func (c Config) validate() error {
 	return nil
 }
 
+// Cause says why the state served is not the backend's synchronized state,
+// or what went wrong with the backend while its last state is still served.
+type Cause uint8
+
+// The causes. Each is logged once when it starts, however often it recurs
+// and whatever the details (an offset's size, say) of each occurrence.
+const (
+	CauseNone Cause = iota
+	CauseNoAnswerYet
+	CauseNoAnswer
+	CauseFewAnswers
+	CauseBackendUnsynchronized
+	CauseOffset
+	CauseSlowAnswers
+	CauseRateLimited
+	CauseRefused
+	CauseKissOfDeath
+	CauseBadAnswer
+)
+
+var causeNames = [...]string{
+	CauseNone:                  "none",
+	CauseNoAnswerYet:           "no answer yet",
+	CauseNoAnswer:              "no answer",
+	CauseFewAnswers:            "few answers",
+	CauseBackendUnsynchronized: "backend unsynchronized",
+	CauseOffset:                "clock offset",
+	CauseSlowAnswers:           "slow answers",
+	CauseRateLimited:           "rate limited",
+	CauseRefused:               "refused",
+	CauseKissOfDeath:           "kiss-o'-death",
+	CauseBadAnswer:             "bad answer",
+}
+
+func (c Cause) String() string {
+	if int(c) < len(causeNames) {
+		return causeNames[c]
+	}
+	return fmt.Sprintf("Cause(%d)", uint8(c))
+}
+
 // A Poller polls the backend and publishes Snapshots. Its methods are safe
 // for concurrent use.
 type Poller struct {
 	cfg       Config
 	precision int8
 	current   atomic.Pointer[Snapshot]
-	lastGood  *Snapshot // owned by Run's goroutine
+
+	// Owned by Run's goroutine.
+	lastGood *Snapshot // the last synchronized state, served until it expires
+	filter   offsetFilter
+	interval time.Duration // the poll interval, lengthened by kiss-o'-death
+	answered uint8         // one bit per recent poll, newest lowest: answered or not
+	polls    int
+	problem  Cause  // the cause last logged
+	reason   string // and its words
 }
 
 // New returns a Poller whose current Snapshot is unsynchronized until Run
@@ -94,8 +160,9 @@ func New(cfg Config) (*Poller, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	p := &Poller{cfg: cfg, precision: measurePrecision()}
-	p.current.Store(Unsynchronized(p.precision, "no answer from the backend yet"))
+	p := &Poller{cfg: cfg, precision: measurePrecision(), interval: cfg.Interval}
+	p.current.Store(Unsynchronized(p.precision, CauseNoAnswerYet, "no answer from the backend yet"))
+	p.problem, p.reason = CauseNoAnswerYet, "no answer from the backend yet"
 	return p, nil
 }
 
@@ -109,119 +176,229 @@ func (p *Poller) Run(ctx context.Context) error {
 		return fmt.Errorf("upstream: dial %s: %w", p.cfg.Server, err)
 	}
 	defer conn.Close()
+	// The kernel's receive timestamp dates the answer when it arrived, not
+	// when a busy scheduler gets round to reading it.
+	if raw, err := conn.SyscallConn(); err == nil {
+		batch.EnableTimestamps(raw)
+	}
 	// A poll blocked in Read must not delay shutdown by its timeout.
 	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
 
-	ticker := time.NewTicker(p.cfg.Interval)
-	defer ticker.Stop()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	nextPoll := time.Now()
 	for {
-		p.update(p.poll(ctx, conn))
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-ticker.C:
+		case <-timer.C:
 		}
+		if now := time.Now(); now.Before(nextPoll) {
+			// Woken by the served state's expiry: say so now, not at the
+			// next poll, which a backed-off interval may put far off.
+			p.update(nil, nil, now)
+		} else {
+			a, err := p.poll(ctx, conn)
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			p.update(a, err, time.Now())
+			nextPoll = now.Add(p.interval)
+		}
+		wake := nextPoll
+		if s := p.Load(); s.Synchronized && s.Expires.Before(wake) {
+			wake = s.Expires
+		}
+		timer.Reset(time.Until(wake))
 	}
 }
 
-// update publishes the outcome of one poll and logs a change of state.
-func (p *Poller) update(next *Snapshot, err error) {
-	now := time.Now()
-	switch {
-	case err == nil && next.Synchronized:
-		p.lastGood = next
-	case err == nil:
-		p.lastGood = nil // the backend itself says not to trust it
-	case p.lastGood != nil && p.lastGood.Valid(now):
-		// Keep serving the last valid answer; it expires on its own.
-		next = p.lastGood
-	default:
-		next = Unsynchronized(p.precision, err.Error())
-	}
-	prev := p.current.Swap(next)
-	switch {
-	case next.Synchronized && !prev.Valid(now):
-		p.cfg.Logger.Info("synchronized to backend",
-			zap.Stringer("server", p.cfg.Server),
-			zap.Uint8("stratum", next.Stratum),
-			zap.String("reference_id", formatReferenceID(next.ReferenceID, next.Stratum)),
-			zap.Duration("offset", next.Offset))
-	case !next.Synchronized && (prev.Synchronized || prev.Reason != next.Reason):
-		p.cfg.Logger.Warn("serving unsynchronized replies",
-			zap.Stringer("server", p.cfg.Server), zap.String("reason", next.Reason))
-	}
+// answer is the backend's answer to one poll.
+type answer struct {
+	header ntp.Header
+	// sent is read just before the request leaves, and arrived is the
+	// kernel's receive time of the answer (or, without kernel timestamps,
+	// when the read returned).
+	sent, arrived time.Time
+	// received is when the read returned, with a monotonic reading for
+	// measuring the state's age.
+	received time.Time
 }
 
-// poll sends one request and waits for its answer. A nil error with an
-// unsynchronized Snapshot means the backend answered but is not a valid
-// source of time.
-func (p *Poller) poll(ctx context.Context, conn *net.UDPConn) (*Snapshot, error) {
-	var req, resp [ntp.HeaderSize + 4]byte // one spare byte detects oversize answers
+// kissError is a kiss-o'-death: the backend refuses to give the time.
+type kissError struct{ code string }
+
+func (e kissError) Error() string { return fmt.Sprintf("kiss-o'-death %q", e.code) }
+
+var errNotOurs = errors.New("answer does not match the request")
+
+// timeoutError is a poll that got no answer in time.
+type timeoutError struct{ timeout time.Duration }
+
+func (e timeoutError) Error() string { return fmt.Sprintf("no answer within %v", e.timeout) }
+
+// poll sends one request and waits for its answer.
+func (p *Poller) poll(ctx context.Context, conn *net.UDPConn) (*answer, error) {
+	var req, buf [ntp.HeaderSize + 4]byte // one spare byte detects oversize answers
+	oob := make([]byte, batch.TimestampControlSize)
 	req[0] = ntp.LeapVersionMode(ntp.LeapNone, 4, ntp.ModeClient)
 	// A random transmit timestamp is the request's cookie: only the backend,
 	// which echoes it as the origin, can know it.
 	cookie := rand.Uint64()
 	binary.BigEndian.PutUint64(req[40:], cookie)
 
-	sent := time.Now()
-	if err := conn.SetReadDeadline(sent.Add(p.cfg.Timeout)); err != nil {
-		return nil, fmt.Errorf("upstream: %w", err)
+	if err := conn.SetReadDeadline(time.Now().Add(p.cfg.Timeout)); err != nil {
+		return nil, err
 	}
+	a := &answer{sent: time.Now()}
 	if _, err := conn.Write(req[:ntp.HeaderSize]); err != nil {
-		return nil, fmt.Errorf("send to backend %s: %w", p.cfg.Server, err)
+		return nil, fmt.Errorf("send: %w", err)
 	}
 	for {
-		n, err := conn.Read(resp[:])
-		received := time.Now()
+		n, oobn, _, _, err := conn.ReadMsgUDP(buf[:], oob)
+		a.received = time.Now()
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
 		if err != nil {
 			var netErr net.Error
 			if errors.As(err, &netErr) && netErr.Timeout() {
-				return nil, fmt.Errorf("no answer from backend %s within %v", p.cfg.Server, p.cfg.Timeout)
+				return nil, timeoutError{p.cfg.Timeout}
 			}
-			return nil, fmt.Errorf("receive from backend %s: %w", p.cfg.Server, err)
+			return nil, fmt.Errorf("receive: %w", err)
 		}
-		snap, err := p.parse(resp[:n], cookie, sent, received)
-		if errors.Is(err, errNotOurs) {
-			continue // a late answer to an earlier poll, or junk
+		if err := readAnswer(&a.header, buf[:n], cookie); err != nil {
+			if errors.Is(err, errNotOurs) {
+				continue // a late answer to an earlier poll, or junk
+			}
+			return nil, err
 		}
-		return snap, err
+		a.arrived = batch.ReceiveTime(oob[:oobn])
+		if a.arrived.IsZero() {
+			a.arrived = a.received
+		}
+		return a, nil
 	}
 }
 
-var errNotOurs = errors.New("answer does not match the request")
-
-// parse turns the backend's answer into a Snapshot.
-func (p *Poller) parse(b []byte, cookie uint64, sent, received time.Time) (*Snapshot, error) {
-	var h ntp.Header
+// readAnswer decodes b into h if it is the backend's answer to the request
+// with the given cookie, and errNotOurs if it is not.
+func readAnswer(h *ntp.Header, b []byte, cookie uint64) error {
 	if len(b) != ntp.HeaderSize || h.Parse(b) != nil {
-		return nil, errNotOurs
+		return errNotOurs
 	}
 	if h.Mode != ntp.ModeServer || uint64(h.OriginTime) != cookie {
-		return nil, errNotOurs
+		return errNotOurs
 	}
-	if h.Leap == ntp.LeapUnsynchronized || h.Stratum == 0 || h.Stratum >= ntp.MaxStratum {
-		if h.Leap != ntp.LeapUnsynchronized {
-			return nil, fmt.Errorf("backend %s sent a kiss-o'-death %q", p.cfg.Server, kissCode(h.ReferenceID))
+	switch {
+	case h.Stratum == 0 && h.ReferenceID != 0:
+		// A kiss code, whatever the leap bits say (chronyd sends leap 3).
+		return kissError{kissCode(h.ReferenceID)}
+	case h.Stratum == 0 || h.Stratum >= ntp.MaxStratum:
+		return nil // the backend's unsynchronized form; update says so
+	case h.ReceiveTime.IsZero() || h.TransmitTime.IsZero():
+		return errors.New("a reply without timestamps")
+	}
+	return nil
+}
+
+// update turns the outcome of one poll at now into the state to serve,
+// publishes it, and logs what changed. With neither an answer nor an error
+// it only lets the served state expire.
+func (p *Poller) update(a *answer, err error, now time.Time) {
+	var next *Snapshot
+	cause, reason := p.problem, p.reason
+	if a != nil || err != nil {
+		next, cause, reason = p.judge(a, err, now)
+	} else if cause == CauseNone {
+		cause, reason = CauseNoAnswer, "no valid answer from the backend within the maximum age"
+	}
+	if next == nil {
+		// The poll taught nothing trustworthy: the last good state
+		// stands until it expires.
+		if p.lastGood != nil && p.lastGood.Valid(now) {
+			next = p.lastGood
+		} else {
+			next = Unsynchronized(p.precision, cause, reason)
 		}
-		return Unsynchronized(h.Precision, "backend is not synchronized"), nil
 	}
-	if h.ReceiveTime.IsZero() || h.TransmitTime.IsZero() {
-		return nil, fmt.Errorf("backend %s sent a reply without timestamps", p.cfg.Server)
+	prev := p.current.Swap(next)
+	p.log(prev, next, cause, reason, now)
+}
+
+// judge returns the state an answer calls for, or nil to keep the last good
+// one, with the cause of any trouble.
+func (p *Poller) judge(a *answer, err error, now time.Time) (*Snapshot, Cause, string) {
+	server := p.cfg.Server
+	_, timedOut := errors.AsType[timeoutError](err)
+	p.polls++
+	p.answered <<= 1
+	if !timedOut {
+		p.answered |= 1
 	}
-	// RFC 5905 on-wire calculation; the times are converted against the
-	// local clock so the era is right.
-	t2 := h.ReceiveTime.Time(sent)
-	t3 := h.TransmitTime.Time(sent)
-	offset := (t2.Sub(sent) + t3.Sub(received)) / 2
-	if offset.Abs() > p.cfg.MaxOffset {
-		return Unsynchronized(h.Precision, fmt.Sprintf(
-			"backend clock is %v away from the system clock, beyond the %v bound", offset, p.cfg.MaxOffset)), nil
+	if kiss, ok := errors.AsType[kissError](err); ok {
+		// RFC 5905: a kiss-o'-death asks the client to poll less.
+		p.interval = min(2*p.interval, maxBackoff*p.cfg.Interval)
+		switch kiss.code {
+		case "RATE":
+			return nil, CauseRateLimited, fmt.Sprintf("backend %s rate-limits fastntp's polls (kiss code RATE): "+
+				"remove the ratelimit directive from its chrony.conf (chronyd applies it to 127.0.0.1 too, and this "+
+				"chronyd serves only fastntp), or poll it less often than its limit; polling every %v meanwhile",
+				server, p.interval)
+		case "DENY", "RSTR":
+			return nil, CauseRefused, fmt.Sprintf("backend %s refuses fastntp's polls (kiss code %s): "+
+				"its chrony.conf must allow fastntp's address (\"allow 127.0.0.1\"); polling every %v meanwhile",
+				server, kiss.code, p.interval)
+		}
+		return nil, CauseKissOfDeath, fmt.Sprintf("backend %s sent a kiss-o'-death with code %q; polling every %v meanwhile",
+			server, kiss.code, p.interval)
 	}
-	return &Snapshot{
+	if timedOut {
+		if n := answeredOf(p.answered, p.polls); n > 0 && min(p.polls, 8)-n >= 3 {
+			return nil, CauseFewAnswers, fmt.Sprintf("backend %s answered only %d of the last %d polls: "+
+				"a ratelimit directive in its chrony.conf drops polls this way (chronyd applies it to 127.0.0.1 too); "+
+				"remove it, as this chronyd serves only fastntp", server, n, min(p.polls, 8))
+		}
+		return nil, CauseNoAnswer, fmt.Sprintf("no answer from backend %s within %v: is chronyd running, "+
+			"with \"port %d\" and \"allow\" for fastntp's address?", server, p.cfg.Timeout, server.Port())
+	}
+	if err != nil {
+		return nil, CauseBadAnswer, fmt.Sprintf("backend %s: %v", server, err)
+	}
+	p.interval = p.cfg.Interval
+	h := &a.header
+	if h.Stratum == 0 || h.Stratum >= ntp.MaxStratum {
+		p.lastGood = nil // the backend itself says not to trust it
+		const reason = "backend is not synchronized"
+		return Unsynchronized(h.Precision, CauseBackendUnsynchronized, reason), CauseBackendUnsynchronized, reason
+	}
+	// The true offset lies within a sample's error bound of its measured
+	// offset: a sample proves the clocks apart when even the nearest end
+	// of that interval is beyond MaxOffset, however slow it was. Proving
+	// them together takes a fast sample, the best of the recent ones.
+	latest := measure(a)
+	if latest.delay >= 0 {
+		// A negative round trip means the clock was stepped during the
+		// poll; such a sample measures nothing.
+		p.filter.add(latest)
+	}
+	best, ok := p.filter.best()
+	proof := best
+	if latest.delay >= 0 && latest.offset.Abs()-latest.errorBound() > p.cfg.MaxOffset {
+		proof = latest
+	}
+	switch {
+	case proof.offset.Abs()-proof.errorBound() > p.cfg.MaxOffset:
+		p.lastGood = nil
+		reason := fmt.Sprintf("backend clock is %v (±%v) away from the system clock, beyond the %v bound",
+			proof.offset, proof.errorBound(), p.cfg.MaxOffset)
+		return Unsynchronized(h.Precision, CauseOffset, reason), CauseOffset, reason
+	case !ok || best.errorBound() > p.cfg.MaxOffset:
+		return nil, CauseSlowAnswers, fmt.Sprintf("backend %s answers too slowly to check its clock against "+
+			"the %v bound: the shortest of the last %d round trips took %v", server, p.cfg.MaxOffset, p.filter.n, best.delay)
+	}
+	snap := &Snapshot{
 		Synchronized:  true,
 		Leap:          h.Leap,
 		Stratum:       h.Stratum,
@@ -230,12 +407,90 @@ func (p *Poller) parse(b []byte, cookie uint64, sent, received time.Time) (*Snap
 		ReferenceTime: h.ReferenceTime,
 		RootDelay:     h.RootDelay,
 		// The system clock we serve may differ from the backend's by the
-		// measured offset; that error belongs in the bound we advertise.
-		RootDispersion: h.RootDispersion.Add(ntp.ShortFromSeconds(offset.Abs().Seconds())),
-		Taken:          received,
-		Expires:        received.Add(p.cfg.MaxAge),
-		Offset:         offset,
-	}, nil
+		// measured offset, known to within the error bound; both belong in
+		// the bound we advertise.
+		RootDispersion: h.RootDispersion.Add(ntp.ShortFromSeconds((best.offset.Abs() + best.errorBound()).Seconds())),
+		Taken:          a.received,
+		Expires:        a.received.Add(p.cfg.MaxAge),
+		Offset:         best.offset,
+		Delay:          best.delay,
+	}
+	p.mirrorLeap(snap, a.received)
+	p.lastGood = snap
+	return snap, CauseNone, ""
+}
+
+// mirrorLeap settles the leap second a new snapshot announces; see leap.go.
+func (p *Poller) mirrorLeap(snap *Snapshot, taken time.Time) {
+	prev := p.lastGood
+	switch snap.Leap {
+	case ntp.LeapInsertSecond, ntp.LeapDeleteSecond:
+		switch {
+		case prev != nil && prev.Leap == snap.Leap && !prev.LeapStart.IsZero():
+			// Keep the window dated before the leap bent the clock.
+			snap.LeapStart = prev.LeapStart
+		case isLeapSecondDay(taken):
+			snap.LeapStart = leapWindowStart(snap.Leap, taken)
+		default:
+			snap.Leap = ntp.LeapNone // chronyd too ignores it on other days
+		}
+	case ntp.LeapUnsynchronized:
+		// Leap 3 with a stratum: chronyd is applying a leap second. Keep
+		// serving the window already running; without one, chronyd's
+		// own leap 3 is served until its next answer.
+		if prev != nil && !prev.LeapStart.IsZero() {
+			snap.Leap, snap.LeapStart = prev.Leap, prev.LeapStart
+		}
+	}
+}
+
+// measure computes the offset and round trip of an answer (RFC 5905's
+// on-wire calculation). The server's times are placed in the era of the
+// local clock.
+func measure(a *answer) sample {
+	t1, t4 := a.sent.Round(0), a.arrived.Round(0) // wall clock, as the backend's
+	t2 := a.header.ReceiveTime.Time(t1)
+	t3 := a.header.TransmitTime.Time(t1)
+	return sample{
+		offset: (t2.Sub(t1) + t3.Sub(t4)) / 2,
+		delay:  t4.Sub(t1) - t3.Sub(t2),
+	}
+}
+
+// answeredOf counts the answered polls among the last eight.
+func answeredOf(bits uint8, polls int) int {
+	n := 0
+	for i := range min(polls, 8) {
+		n += int(bits >> i & 1)
+	}
+	return n
+}
+
+// log reports a change of state, or of the cause of trouble, once.
+func (p *Poller) log(prev, next *Snapshot, cause Cause, reason string, now time.Time) {
+	wasValid, isValid := prev.Valid(now), next.Valid(now)
+	level := zapcore.WarnLevel
+	if cause == CauseRefused {
+		level = zapcore.ErrorLevel
+	}
+	server := zap.Stringer("server", p.cfg.Server)
+	switch {
+	case isValid && !wasValid:
+		p.cfg.Logger.Info("synchronized to backend", server,
+			zap.Uint8("stratum", next.Stratum),
+			zap.String("reference_id", formatReferenceID(next.ReferenceID, next.Stratum)),
+			zap.Duration("offset", next.Offset), zap.Duration("delay", next.Delay))
+	case !isValid && (wasValid || prev.Cause != next.Cause):
+		p.cfg.Logger.Log(level, "serving unsynchronized replies", server,
+			zap.Stringer("cause", next.Cause), zap.String("reason", next.Reason))
+	case isValid && cause != CauseNone && cause != p.problem:
+		p.cfg.Logger.Log(level, "backend trouble; serving its last valid state until it expires", server,
+			zap.Stringer("cause", cause), zap.String("reason", reason),
+			zap.Duration("expires_in", next.Expires.Sub(now).Round(time.Millisecond)))
+	case isValid && cause == CauseNone && p.problem != CauseNone:
+		p.cfg.Logger.Info("backend answers again", server)
+	}
+	p.problem, p.reason = cause, reason
 }
 
 func kissCode(refid uint32) string {

@@ -11,82 +11,192 @@ import (
 	"github.com/fastntp/fastntp/internal/ntp"
 )
 
-func TestParse(t *testing.T) {
-	p, err := New(Config{})
+// answerAt builds the backend's answer to a poll sent at t, 200µs round
+// trip, with the backend's clock offset from the system clock.
+func answerAt(t time.Time, offset time.Duration, edit func(h *ntp.Header)) *answer {
+	h := ntp.Header{
+		Leap: ntp.LeapNone, Version: 4, Mode: ntp.ModeServer, Stratum: 3, Precision: -24,
+		RootDelay: 100, RootDispersion: 200, ReferenceID: 0x0a000001,
+		ReferenceTime: ntp.TimeFrom(t.Add(-time.Minute)),
+		ReceiveTime:   ntp.TimeFrom(t.Add(100*time.Microsecond + offset)),
+		TransmitTime:  ntp.TimeFrom(t.Add(110*time.Microsecond + offset)),
+	}
+	if edit != nil {
+		edit(&h)
+	}
+	received := t.Add(210 * time.Microsecond)
+	return &answer{header: h, sent: t, arrived: received, received: received}
+}
+
+func newPoller(t *testing.T, cfg Config) *Poller {
+	t.Helper()
+	p, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sent := time.Now()
-	received := sent.Add(200 * time.Microsecond)
+	return p
+}
+
+// readAnswer accepts only the answer to our own request, and tells a
+// kiss-o'-death by its stratum and kiss code, whatever its leap bits.
+func TestReadAnswer(t *testing.T) {
 	const cookie = 0x1122334455667788
-	good := ntp.Header{
-		Leap: ntp.LeapNone, Version: 4, Mode: ntp.ModeServer, Stratum: 3, Precision: -24,
-		RootDelay: 100, RootDispersion: 200, ReferenceID: 0x0a000001,
-		ReferenceTime: ntp.TimeFrom(sent.Add(-time.Minute)), OriginTime: cookie,
-		ReceiveTime: ntp.TimeFrom(sent.Add(100 * time.Microsecond)), TransmitTime: ntp.TimeFrom(sent.Add(110 * time.Microsecond)),
-	}
+	now := time.Now()
 	tests := []struct {
-		name       string
-		edit       func(h *ntp.Header)
-		wantErr    string // substring; "" for no error
-		notOurs    bool
-		wantSynced bool
-		reason     string
+		name string
+		edit func(h *ntp.Header)
+		want string // "" for an answer to judge, "not ours", or an error's text
 	}{
-		{name: "synchronized", edit: func(*ntp.Header) {}, wantSynced: true},
-		{name: "leap insert mirrored", edit: func(h *ntp.Header) { h.Leap = ntp.LeapInsertSecond }, wantSynced: true},
-		{name: "wrong origin", edit: func(h *ntp.Header) { h.OriginTime++ }, notOurs: true},
-		{name: "client mode", edit: func(h *ntp.Header) { h.Mode = ntp.ModeClient }, notOurs: true},
-		{name: "unsynchronized backend", edit: func(h *ntp.Header) { h.Leap, h.Stratum = ntp.LeapUnsynchronized, 0 }, reason: "not synchronized"},
-		{name: "stratum 16", edit: func(h *ntp.Header) { h.Leap, h.Stratum = ntp.LeapUnsynchronized, 16 }, reason: "not synchronized"},
-		{name: "kiss of death", edit: func(h *ntp.Header) { h.Stratum, h.ReferenceID = 0, binary.BigEndian.Uint32([]byte("RATE")) }, wantErr: "RATE"},
-		{name: "no timestamps", edit: func(h *ntp.Header) { h.TransmitTime = 0 }, wantErr: "without timestamps"},
-		{name: "clock far off", edit: func(h *ntp.Header) {
-			h.ReceiveTime = ntp.TimeFrom(sent.Add(time.Second))
-			h.TransmitTime = ntp.TimeFrom(sent.Add(time.Second))
-		}, reason: "away from the system clock"},
+		{"synchronized", func(*ntp.Header) {}, ""},
+		{"wrong origin", func(h *ntp.Header) { h.OriginTime++ }, "not ours"},
+		{"client mode", func(h *ntp.Header) { h.Mode = ntp.ModeClient }, "not ours"},
+		{"unsynchronized backend", func(h *ntp.Header) { h.Leap, h.Stratum, h.ReferenceID = ntp.LeapUnsynchronized, 0, 0 }, ""},
+		{"stratum 16", func(h *ntp.Header) { h.Leap, h.Stratum = ntp.LeapUnsynchronized, 16 }, ""},
+		// chronyd's kiss-o'-death: leap 3, stratum 0, the code as reference ID.
+		{"kiss-o'-death RATE as chronyd sends it", func(h *ntp.Header) {
+			h.Leap, h.Stratum, h.ReferenceID = ntp.LeapUnsynchronized, 0, binary.BigEndian.Uint32([]byte("RATE"))
+		}, `kiss-o'-death "RATE"`},
+		{"kiss-o'-death DENY with leap 0", func(h *ntp.Header) { h.Stratum, h.ReferenceID = 0, binary.BigEndian.Uint32([]byte("DENY")) }, `"DENY"`},
+		{"no timestamps", func(h *ntp.Header) { h.TransmitTime = 0 }, "without timestamps"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := good
-			tt.edit(&h)
+			a := answerAt(now, 0, tt.edit)
+			a.header.OriginTime = cookie
+			if tt.name == "wrong origin" {
+				a.header.OriginTime++
+			}
 			b := make([]byte, ntp.HeaderSize)
-			h.Encode(b)
-			snap, err := p.parse(b, cookie, sent, received)
+			a.header.Encode(b)
+			var h ntp.Header
+			err := readAnswer(&h, b, cookie)
 			switch {
-			case tt.notOurs:
-				if err != errNotOurs {
-					t.Fatalf("err = %v, want errNotOurs", err)
+			case tt.want == "" && err != nil:
+				t.Fatalf("readAnswer: %v", err)
+			case tt.want == "not ours" && err != errNotOurs:
+				t.Fatalf("err = %v, want errNotOurs", err)
+			case tt.want != "" && tt.want != "not ours" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Fatalf("err = %v, want one mentioning %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestJudge(t *testing.T) {
+	now := time.Now()
+	tests := []struct {
+		name      string
+		offset    time.Duration
+		edit      func(h *ntp.Header)
+		err       error
+		wantSync  bool
+		wantCause Cause
+		keepsLast bool // nil: the last good state stands
+	}{
+		{name: "synchronized", wantSync: true},
+		{name: "small offset", offset: 3 * time.Millisecond, wantSync: true},
+		{name: "unsynchronized backend", edit: func(h *ntp.Header) { h.Leap, h.Stratum, h.ReferenceID = ntp.LeapUnsynchronized, 0, 0 },
+			wantCause: CauseBackendUnsynchronized},
+		{name: "clock far off", offset: time.Second, wantCause: CauseOffset},
+		{name: "rate limited", err: kissError{"RATE"}, wantCause: CauseRateLimited, keepsLast: true},
+		{name: "refused", err: kissError{"DENY"}, wantCause: CauseRefused, keepsLast: true},
+		{name: "restricted", err: kissError{"RSTR"}, wantCause: CauseRefused, keepsLast: true},
+		{name: "other kiss code", err: kissError{"ACST"}, wantCause: CauseKissOfDeath, keepsLast: true},
+		{name: "timeout", err: timeoutError{time.Second}, wantCause: CauseNoAnswer, keepsLast: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := newPoller(t, Config{})
+			var a *answer
+			if tt.err == nil {
+				a = answerAt(now, tt.offset, tt.edit)
+			}
+			snap, cause, reason := p.judge(a, tt.err, now)
+			if cause != tt.wantCause || (cause != CauseNone) != (reason != "") {
+				t.Fatalf("cause %v (%q), want %v", cause, reason, tt.wantCause)
+			}
+			if tt.keepsLast {
+				if snap != nil {
+					t.Fatalf("snapshot %+v, want nil: the last good state stands", snap)
 				}
 				return
-			case tt.wantErr != "":
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("err = %v, want one mentioning %q", err, tt.wantErr)
-				}
-				return
-			case err != nil:
-				t.Fatalf("parse: %v", err)
 			}
-			if snap.Synchronized != tt.wantSynced || !strings.Contains(snap.Reason, tt.reason) {
-				t.Fatalf("Synchronized = %v (%q), want %v (%q)", snap.Synchronized, snap.Reason, tt.wantSynced, tt.reason)
+			if snap.Synchronized != tt.wantSync || snap.Cause != tt.wantCause {
+				t.Fatalf("snapshot %+v, want synchronized=%v", snap, tt.wantSync)
 			}
-			if !tt.wantSynced {
-				if snap.Leap != ntp.LeapUnsynchronized || snap.Stratum != 0 || snap.ReferenceID != 0 {
+			if !tt.wantSync {
+				if snap.Leap != ntp.LeapUnsynchronized || snap.Stratum != 0 || snap.ReferenceID != 0 || snap.Reason == "" {
 					t.Errorf("unsynchronized snapshot %+v", snap)
 				}
 				return
 			}
+			h := a.header
 			if snap.Leap != h.Leap || snap.Stratum != 3 || snap.ReferenceID != h.ReferenceID ||
 				snap.ReferenceTime != h.ReferenceTime || snap.RootDelay != 100 || snap.RootDispersion < 200 {
 				t.Errorf("snapshot %+v does not mirror %+v", snap, h)
 			}
-			if snap.Offset.Abs() > 100*time.Microsecond {
-				t.Errorf("offset %v, want about 5µs", snap.Offset)
+			if d := snap.Offset - tt.offset; d.Abs() > 100*time.Microsecond || snap.Delay != 200*time.Microsecond {
+				t.Errorf("offset %v delay %v, want %v and 200µs", snap.Offset, snap.Delay, tt.offset)
 			}
-			if !snap.Valid(received) || snap.Valid(received.Add(p.cfg.MaxAge)) {
+			// The offset and its error bound are in the advertised dispersion.
+			if min := ntp.Short(200).Add(ntp.ShortFromSeconds((tt.offset + 100*time.Microsecond).Seconds())); snap.RootDispersion < min-1 {
+				t.Errorf("root dispersion %d, want at least %d", snap.RootDispersion, min)
+			}
+			if !snap.Valid(a.received) || snap.Valid(a.received.Add(p.cfg.MaxAge)) {
 				t.Errorf("validity window wrong: expires %v after taken", snap.Expires.Sub(snap.Taken))
 			}
 		})
+	}
+}
+
+// A kiss-o'-death slows the polls down, and a good answer restores the pace.
+func TestKissOfDeathBacksOff(t *testing.T) {
+	now := time.Now()
+	p := newPoller(t, Config{Interval: time.Second})
+	for i, want := range []time.Duration{2, 4, 8, 16, 16} {
+		p.update(nil, kissError{"RATE"}, now.Add(time.Duration(i)*time.Second))
+		if p.interval != want*time.Second {
+			t.Fatalf("after %d kiss-o'-deaths, interval %v, want %v", i+1, p.interval, want*time.Second)
+		}
+	}
+	p.update(answerAt(now, 0, nil), nil, now)
+	if p.interval != time.Second {
+		t.Errorf("after a good answer, interval %v, want 1s", p.interval)
+	}
+}
+
+// Scheduling delays are not clock offsets: of several samples the one with
+// the shortest round trip decides, and a slow sample alone proves nothing.
+func TestOffsetFilter(t *testing.T) {
+	now := time.Now()
+	p := newPoller(t, Config{MaxOffset: time.Millisecond})
+	if snap, _, _ := p.judge(answerAt(now, 0, nil), nil, now); !snap.Synchronized {
+		t.Fatal("first answer not synchronized")
+	}
+	// An answer read 30 ms late by a starved reader: a -15 ms offset by the
+	// arithmetic, but ±15 ms by its round trip, and older, faster samples
+	// say the clocks agree.
+	late := answerAt(now.Add(time.Second), 0, nil)
+	late.arrived = late.arrived.Add(30 * time.Millisecond)
+	snap, cause, _ := p.judge(late, nil, now.Add(time.Second))
+	if cause != CauseNone || !snap.Synchronized || snap.Offset.Abs() > 100*time.Microsecond {
+		t.Fatalf("a late read passed for an offset: %v %+v", cause, snap)
+	}
+	// Only slow samples: nothing can be said, and the last state stands.
+	p = newPoller(t, Config{MaxOffset: time.Millisecond})
+	if snap, cause, _ := p.judge(late, nil, now); snap != nil || cause != CauseSlowAnswers {
+		t.Fatalf("a lone slow sample: %v %+v, want slow answers and no verdict", cause, snap)
+	}
+}
+
+// A clock step during a poll (a negative round trip) is no sample.
+func TestSteppedClockIgnored(t *testing.T) {
+	now := time.Now()
+	p := newPoller(t, Config{})
+	a := answerAt(now, 0, nil)
+	a.arrived = a.sent.Add(-time.Second)
+	if snap, cause, _ := p.judge(a, nil, now); snap != nil || cause != CauseSlowAnswers || p.filter.n != 0 {
+		t.Errorf("stepped sample judged: %v %+v, %d samples", cause, snap, p.filter.n)
 	}
 }
 
@@ -108,6 +218,9 @@ func TestDispersionGrows(t *testing.T) {
 func TestConfigValidation(t *testing.T) {
 	for _, cfg := range []Config{
 		{Interval: -time.Second},
+		{Interval: time.Nanosecond},
+		{Interval: 10 * time.Millisecond},
+		{Interval: 2 * time.Hour},
 		{Interval: time.Second, Timeout: 2 * time.Second},
 		{Interval: time.Second, MaxAge: time.Millisecond},
 		{MaxOffset: -1},
@@ -194,7 +307,7 @@ func TestPollerMirrorsUnsynchronizedChronyd(t *testing.T) {
 	p := startPoller(t, Config{Server: chronyd.Addr, Interval: 100 * time.Millisecond})
 	time.Sleep(500 * time.Millisecond)
 	s := p.Load()
-	if s.Synchronized || s.Leap != ntp.LeapUnsynchronized || !strings.Contains(s.Reason, "backend is not synchronized") {
+	if s.Synchronized || s.Leap != ntp.LeapUnsynchronized || s.Cause != CauseBackendUnsynchronized {
 		t.Errorf("snapshot %+v, want the backend's unsynchronized state", s)
 	}
 }

@@ -37,11 +37,21 @@ type Snapshot struct {
 	// replaces it. Readers must serve the unsynchronized form after it.
 	Expires time.Time
 
-	// Offset is the backend's clock minus the system clock, as measured by
-	// the poll that produced this snapshot.
-	Offset time.Duration
-	// Reason says why the snapshot is unsynchronized; empty when it is not.
+	// Offset is the backend's clock minus the system clock, and Delay the
+	// round trip of the measurement: the sample of the recent polls with
+	// the shortest round trip, whose half bounds the offset's error.
+	Offset, Delay time.Duration
+	// Cause and Reason say why the snapshot is unsynchronized: the kind of
+	// trouble, and a sentence for people. CauseNone and empty when it is
+	// synchronized.
+	Cause  Cause
 	Reason string
+
+	// LeapStart is when the leap second that Leap announces goes into
+	// progress, or zero if none is announced. It carries a monotonic
+	// reading where Taken does, so the window is measured in real time.
+	// See LeapAt.
+	LeapStart time.Time
 }
 
 // Frequency tolerance of RFC 5905 (PHI), in parts per million: the rate at
@@ -67,13 +77,14 @@ func (s *Snapshot) Valid(now time.Time) bool {
 // Unsynchronized returns the state that chronyd serves when it is not
 // synchronized: leap 3, stratum 0, reference ID 0, no reference time, and
 // root delay and dispersion of one second each.
-func Unsynchronized(precision int8, reason string) *Snapshot {
+func Unsynchronized(precision int8, cause Cause, reason string) *Snapshot {
 	return &Snapshot{
 		Leap:           ntp.LeapUnsynchronized,
 		Stratum:        0,
 		Precision:      precision,
 		RootDelay:      1 << 16,
 		RootDispersion: 1 << 16,
+		Cause:          cause,
 		Reason:         reason,
 	}
 }

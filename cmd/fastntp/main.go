@@ -55,9 +55,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer logger.Sync()
+	// A log reader that went away must not kill the server: without this, a
+	// write to a closed stdout or stderr ends the process with SIGPIPE,
+	// which systemd counts as a clean exit and does not restart.
+	signal.Ignore(syscall.SIGPIPE)
+	// SIGHUP (a closed terminal, systemctl reload) logs the status instead
+	// of ending the process.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := serve(ctx, o, logger); err != nil {
+	if err := serve(ctx, o, logger, hup); err != nil {
 		logger.Error("fastntp stopped", zap.Error(err))
 		return 1
 	}
@@ -82,8 +91,9 @@ func newLogger(o *options, w io.Writer) (*zap.Logger, error) {
 	return zap.New(zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), level)), nil
 }
 
-// serve runs fastntp until ctx is done.
-func serve(ctx context.Context, o *options, logger *zap.Logger) error {
+// serve runs fastntp until ctx is done or a part of it fails, and logs the
+// status at each value from hup.
+func serve(ctx context.Context, o *options, logger *zap.Logger, hup <-chan os.Signal) error {
 	poller, err := upstream.New(upstream.Config{
 		Server:    o.server,
 		Interval:  o.pollInterval,
@@ -117,6 +127,10 @@ func serve(ctx context.Context, o *options, logger *zap.Logger) error {
 		logger.Info("dropped privileges", zap.String("user", o.user), zap.String("root", o.root),
 			zap.Int("uid", os.Getuid()), zap.Int("gid", os.Getgid()))
 	}
+	if os.Geteuid() == 0 {
+		logger.Warn("running as root: a flaw in fastntp would hand the attacker the machine; " +
+			"start it with -u USER (and -r DIR), or as a user with CAP_NET_BIND_SERVICE as deploy/fastntp.service does")
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -131,11 +145,40 @@ func serve(ctx context.Context, o *options, logger *zap.Logger) error {
 	if o.statsInterval > 0 {
 		wg.Go(func() { logRates(ctx, logger, srv, poller, o.statsInterval) })
 	}
-	srv.Serve(ctx)
+	wg.Go(func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				logger.Info("status", statusFields(srv, poller)...)
+			}
+		}
+	})
+	serveErr := srv.Serve(ctx)
 	cancel()
 	wg.Wait()
 	logger.Info("stopped", countersFields(srv.Counters())...)
-	return pollErr
+	return errors.Join(serveErr, pollErr)
+}
+
+// statusFields describe the synchronization state and the counters.
+func statusFields(srv *responder.Server, src responder.Source) []zap.Field {
+	fields := syncFields(src.Load(), time.Now())
+	return append(fields, countersFields(srv.Counters())...)
+}
+
+// syncFields describe the state served at now: synchronized, with the
+// backend's measured offset, or why not.
+func syncFields(snap *upstream.Snapshot, now time.Time) []zap.Field {
+	if snap.Valid(now) {
+		return []zap.Field{zap.Bool("synchronized", true), zap.Duration("offset", snap.Offset), zap.Duration("delay", snap.Delay)}
+	}
+	cause, reason := snap.Cause, snap.Reason
+	if snap.Synchronized {
+		cause, reason = upstream.CauseNoAnswer, "the last valid answer is too old"
+	}
+	return []zap.Field{zap.Bool("synchronized", false), zap.Stringer("cause", cause), zap.String("reason", reason)}
 }
 
 func logStart(logger *zap.Logger, o *options, srv *responder.Server) {
@@ -170,9 +213,14 @@ func logStart(logger *zap.Logger, o *options, srv *responder.Server) {
 		if !s.Timestamps {
 			logger.Warn("no kernel receive timestamps; receive times are read after each receive call", zap.Stringer("address", s.Address))
 		}
+		// Both sizes are usable bytes: batch halves what Linux reports.
 		if o.receiveBuffer > 0 && s.ReceiveBuffer < o.receiveBuffer {
 			logger.Warn("kernel granted a smaller receive buffer than asked (raise net.core.rmem_max or grant CAP_NET_ADMIN)",
 				zap.Stringer("address", s.Address), zap.Int("asked", o.receiveBuffer), zap.Int("granted", s.ReceiveBuffer))
+		}
+		if o.sendBuffer > 0 && s.SendBuffer < o.sendBuffer {
+			logger.Warn("kernel granted a smaller send buffer than asked (raise net.core.wmem_max or grant CAP_NET_ADMIN)",
+				zap.Stringer("address", s.Address), zap.Int("asked", o.sendBuffer), zap.Int("granted", s.SendBuffer))
 		}
 	}
 }
@@ -190,15 +238,14 @@ func logRates(ctx context.Context, logger *zap.Logger, srv *responder.Server, sr
 			cur := srv.Counters()
 			secs := now.Sub(prevTime).Seconds()
 			rate := func(a, b uint64) float64 { return float64(a-b) / secs }
-			snap := src.Load()
-			logger.Info("rates",
+			logger.Info("rates", append([]zap.Field{
 				zap.Float64("received_per_s", rate(cur[responder.Received], prev[responder.Received])),
 				zap.Float64("replied_per_s", rate(cur[responder.Replied], prev[responder.Replied])),
 				zap.Float64("dropped_per_s", rate(cur.Dropped(), prev.Dropped())),
 				zap.Uint64("send_errors", cur[responder.SendErrors]-prev[responder.SendErrors]),
 				zap.Uint64("missing_timestamps", cur[responder.MissingTimestamps]-prev[responder.MissingTimestamps]),
 				zap.Uint64("kernel_drops", cur[responder.KernelDrops]-prev[responder.KernelDrops]),
-				zap.Bool("synchronized", snap.Valid(now)))
+			}, syncFields(src.Load(), now)...)...)
 			prev, prevTime = cur, now
 		}
 	}

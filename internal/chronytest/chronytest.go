@@ -106,6 +106,8 @@ type Options struct {
 	// Unsynchronized leaves out the local reference, so chronyd answers
 	// with leap 3, as a server without sources does.
 	Unsynchronized bool
+	// Config holds extra chrony.conf lines, such as a ratelimit directive.
+	Config []string
 }
 
 // StartChronyd starts chronyd as opts say and, outside a namespace, waits
@@ -119,7 +121,11 @@ func StartChronyd(t testing.TB, opts Options) *Chronyd {
 	dir := t.TempDir()
 	c := &Chronyd{t: t, ns: opts.Namespace, dir: dir, Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), opts.Port)}
 	c.config = filepath.Join(dir, "chrony.conf")
-	if err := os.WriteFile(c.config, []byte(bench.ChronydConfig(opts.Port, dir, !opts.Unsynchronized)), 0o644); err != nil {
+	conf := bench.ChronydConfig(opts.Port, dir, !opts.Unsynchronized)
+	for _, line := range opts.Config {
+		conf += line + "\n"
+	}
+	if err := os.WriteFile(c.config, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Stop)

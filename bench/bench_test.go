@@ -75,8 +75,8 @@ func TestAccounting(t *testing.T) {
 	if len(a.responseTimes) != 4 || a.responseTimes[0] < 19*time.Microsecond || a.responseTimes[0] > 21*time.Microsecond {
 		t.Errorf("response times %v, want four of 20µs", a.responseTimes)
 	}
-	if a.staleMin < 9*time.Microsecond || a.staleMax > 11*time.Microsecond {
-		t.Errorf("staleness %v..%v, want 10µs", a.staleMin, a.staleMax)
+	if e := errorStats(a.txErrors); e.P50 < 9*time.Microsecond || e.Max > 11*time.Microsecond || e.Mean < 9*time.Microsecond {
+		t.Errorf("transmit errors %+v, want 10µs", e)
 	}
 	c.acc.done = true
 	add(reply(requestID(5, 3, 7), nil))

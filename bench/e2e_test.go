@@ -81,8 +81,8 @@ func TestEndToEnd(t *testing.T) {
 					t.Errorf("rate %.0f: sent %d valid %d invalid %d kod %d unsynced %d lost %.2f%%",
 						s.Rate, s.Sent, s.Valid, s.Invalid, s.KoD, s.Unsynced, s.LostPercent)
 				}
-				if s.ResponseTime.Min <= 0 || s.ResponseTime.Max > 50*time.Millisecond || s.Staleness.Min <= 0 {
-					t.Errorf("rate %.0f: response time %+v, staleness %+v", s.Rate, s.ResponseTime, s.Staleness)
+				if s.ResponseTime.Min <= 0 || s.ResponseTime.Max > 50*time.Millisecond || s.TransmitError.P50 <= 0 {
+					t.Errorf("rate %.0f: response time %+v, transmit error %+v", s.Rate, s.ResponseTime, s.TransmitError)
 				}
 			}
 			if maxRate, peak := bench.Saturation(steps, 1); maxRate != 4000 || peak < 3500 {
@@ -115,7 +115,7 @@ func TestCompare(t *testing.T) {
 		FixedRate:     1000,
 		FixedDuration: 200 * time.Millisecond,
 		Flood:         bench.FloodConfig{Clients: 4},
-		OnStep:        func(s bench.Step) { seen = append(seen, s.Target) },
+		OnStep:        func(s bench.Step) { seen = append(seen, s.Target); t.Logf("%+v", s) },
 	})
 	if err != nil {
 		t.Fatal(err)

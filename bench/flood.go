@@ -92,10 +92,7 @@ type accumulator struct {
 	unsynced      uint64
 	late          uint64
 	responseTimes []time.Duration
-	staleSum      time.Duration
-	staleMin      time.Duration
-	staleMax      time.Duration
-	staleCount    uint64
+	txErrors      []time.Duration // arrival minus transmit timestamp, signed
 	noTimestamp   uint64
 }
 
@@ -235,13 +232,7 @@ func (a *accumulator) add(c *client, m *batch.Message) {
 		return
 	}
 	a.responseTimes = append(a.responseTimes, tx.Sub(rx))
-	stale := m.Received.Sub(tx)
-	if a.staleCount == 0 || stale < a.staleMin {
-		a.staleMin = stale
-	}
-	a.staleMax = max(a.staleMax, stale)
-	a.staleSum += stale
-	a.staleCount++
+	a.txErrors = append(a.txErrors, m.Received.Sub(tx))
 }
 
 // Step is what one rate step measured.
@@ -264,9 +255,10 @@ type Step struct {
 	ResponseRate   float64 `json:"response_rate"` // valid replies per second
 	// ResponseTime is the server's transmit minus receive timestamp.
 	ResponseTime Quantiles `json:"response_time"`
-	// Staleness is the local receive time of a reply minus its transmit
-	// timestamp: how old the served time was when it arrived.
-	Staleness Spread `json:"staleness"`
+	// TransmitError is how far each reply's transmit timestamp was from
+	// the reply's arrival here (the local kernel's receive time, on the same
+	// clock). A client's offset is off by half of it.
+	TransmitError ErrorStats `json:"transmit_error"`
 	// Shortfall is set when the generator could not send at Rate, which
 	// makes the step a measurement of the generator, not of the server.
 	Shortfall bool `json:"shortfall"`
@@ -283,11 +275,32 @@ type Quantiles struct {
 	Max    time.Duration `json:"max_ns"`
 }
 
-// Spread of a duration sample.
-type Spread struct {
-	Min  time.Duration `json:"min_ns"`
-	Mean time.Duration `json:"mean_ns"`
+// ErrorStats describe the size of a sample of errors that can fall on
+// either side of zero: percentiles of their absolute values, and their
+// signed mean, which shows a bias.
+type ErrorStats struct {
+	P50  time.Duration `json:"p50_ns"`
+	P90  time.Duration `json:"p90_ns"`
+	P99  time.Duration `json:"p99_ns"`
+	P999 time.Duration `json:"p999_ns"`
 	Max  time.Duration `json:"max_ns"`
+	Mean time.Duration `json:"mean_ns"`
+}
+
+func errorStats(errs []time.Duration) ErrorStats {
+	if len(errs) == 0 {
+		return ErrorStats{}
+	}
+	var sum time.Duration
+	abs := make([]time.Duration, len(errs))
+	for i, e := range errs {
+		sum += e
+		abs[i] = e.Abs()
+	}
+	slices.Sort(abs)
+	at := func(q float64) time.Duration { return abs[min(len(abs)-1, int(q*float64(len(abs))))] }
+	return ErrorStats{P50: at(0.5), P90: at(0.9), P99: at(0.99), P999: at(0.999), Max: abs[len(abs)-1],
+		Mean: sum / time.Duration(len(errs))}
 }
 
 // Run sends requests at rate per second for d, waits ReplyWait for the last
@@ -302,7 +315,8 @@ func (f *Flooder) Run(ctx context.Context, rate float64, d time.Duration) (Step,
 	for _, c := range f.clients {
 		c.mu.Lock()
 		c.acc = accumulator{step: step, seen: make([]uint64, perClient/64+1),
-			responseTimes: make([]time.Duration, 0, min(perClient, 1<<20))}
+			responseTimes: make([]time.Duration, 0, min(perClient, 1<<20)),
+			txErrors:      make([]time.Duration, 0, min(perClient, 1<<20))}
 		c.sent.Store(0)
 		c.mu.Unlock()
 	}
@@ -363,8 +377,7 @@ func (f *Flooder) Run(ctx context.Context, rate float64, d time.Duration) (Step,
 	s.RequestRate = float64(sent) / elapsed.Seconds()
 	s.Shortfall = shortfall || refused > 0 || s.RequestRate < 0.97*rate
 	var times []time.Duration
-	var staleSum time.Duration
-	var staleCount uint64
+	var txErrors []time.Duration
 	for _, c := range f.clients {
 		c.mu.Lock()
 		a := c.acc
@@ -375,18 +388,9 @@ func (f *Flooder) Run(ctx context.Context, rate float64, d time.Duration) (Step,
 		s.KoD += a.kod
 		s.Unsynced += a.unsynced
 		times = append(times, a.responseTimes...)
-		if a.staleCount > 0 {
-			if staleCount == 0 || a.staleMin < s.Staleness.Min {
-				s.Staleness.Min = a.staleMin
-			}
-			s.Staleness.Max = max(s.Staleness.Max, a.staleMax)
-			staleSum += a.staleSum
-			staleCount += a.staleCount
-		}
+		txErrors = append(txErrors, a.txErrors...)
 	}
-	if staleCount > 0 {
-		s.Staleness.Mean = staleSum / time.Duration(staleCount)
-	}
+	s.TransmitError = errorStats(txErrors)
 	s.ResponseTime = quantiles(times)
 	if sent > 0 {
 		received := s.Valid + s.KoD

@@ -44,7 +44,7 @@ func NewStepWriter(w io.Writer, f Format) *StepWriter {
 
 var csvHeader = []string{"target", "round", "rate", "request_rate", "clients", "sent", "lost_percent",
 	"invalid_percent", "kod_percent", "response_rate", "response_min_ns", "response_median_ns",
-	"response_p99_ns", "response_max_ns", "staleness_min_ns", "staleness_mean_ns", "staleness_max_ns",
+	"response_p99_ns", "response_max_ns", "tx_error_p50_ns", "tx_error_p99_ns", "tx_error_max_ns", "tx_error_mean_ns",
 	"cpu_per_response_ns", "shortfall"}
 
 // Write writes one step.
@@ -67,15 +67,16 @@ func (sw *StepWriter) Write(s Step) error {
 		sw.cw.Write([]string{s.Target, strconv.Itoa(s.Round), f(s.Rate), f(s.RequestRate), strconv.Itoa(s.Clients),
 			strconv.FormatUint(s.Sent, 10), f(s.LostPercent), f(s.InvalidPercent), f(s.KoDPercent), f(s.ResponseRate),
 			d(s.ResponseTime.Min), d(s.ResponseTime.Median), d(s.ResponseTime.P99), d(s.ResponseTime.Max),
-			d(s.Staleness.Min), d(s.Staleness.Mean), d(s.Staleness.Max), d(s.CPUPerResponse), strconv.FormatBool(s.Shortfall)})
+			d(s.TransmitError.P50), d(s.TransmitError.P99), d(s.TransmitError.Max), d(s.TransmitError.Mean),
+			d(s.CPUPerResponse), strconv.FormatBool(s.Shortfall)})
 		sw.cw.Flush()
 		return sw.cw.Error()
 	}
 	if !sw.header {
 		fmt.Fprintf(sw.w, "%-10s %3s %9s %7s | %7s %7s %6s | %11s | %-30s | %-22s | %s\n", "", "", "", "", "",
-			"", "", "", "  response time (µs)", "   staleness (µs)", "CPU")
+			"", "", "", "  response time (µs)", " |transmit error| (µs)", "CPU")
 		fmt.Fprintf(sw.w, "%-10s %3s %9s %7s | %7s %7s %6s | %11s | %7s %7s %7s %7s | %6s %6s %7s | %s\n", "target", "", "rate",
-			"clients", "lost", "invalid", "kod", "responses/s", "min", "median", "p99", "max", "min", "mean", "max", "µs/resp")
+			"clients", "lost", "invalid", "kod", "responses/s", "min", "median", "p99", "max", "p50", "p99", "max", "µs/resp")
 		sw.header = true
 	}
 	cpu := "-"
@@ -89,7 +90,7 @@ func (sw *StepWriter) Write(s Step) error {
 	_, err := fmt.Fprintf(sw.w, "%-10s %3s %9.0f %7d | %6.2f%% %6.2f%% %5.2f%% | %11.0f | %7s %7s %7s %7s | %6s %6s %7s | %7s%s\n",
 		s.Target, roundLabel(s.Round), s.Rate, s.Clients, s.LostPercent, s.InvalidPercent, s.KoDPercent, s.ResponseRate,
 		micro(s.ResponseTime.Min), micro(s.ResponseTime.Median), micro(s.ResponseTime.P99), micro(s.ResponseTime.Max),
-		micro(s.Staleness.Min), micro(s.Staleness.Mean), micro(s.Staleness.Max), cpu, note)
+		micro(s.TransmitError.P50), micro(s.TransmitError.P99), micro(s.TransmitError.Max), cpu, note)
 	return err
 }
 

@@ -287,7 +287,7 @@ func FreePort() (uint16, error) {
 func limitCPU(pid int, name string, quota float64) (string, error) {
 	// A short period spreads the throttling finely; at the usual 100 ms a
 	// throttled server stalls for tens of milliseconds at a time.
-	const period = 10000 // µs
+	const period = 2000 // µs
 	limit := int(quota * period)
 	group := fmt.Sprintf("fastntp-bench-%s-%d", name, pid)
 	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {

@@ -1,0 +1,105 @@
+package responder
+
+import (
+	"slices"
+	"time"
+
+	"github.com/fastntp/fastntp/internal/ntp"
+)
+
+// A reply's transmit timestamp should say when the reply left, but one
+// sendmmsg sends its messages one after another: on loopback here each
+// costs about 1.5 µs, so the last of 64 leaves some 100 µs after a clock
+// reading taken before the call. fastntp therefore sends a batch's replies
+// in chunks, reads the clock before each chunk, and stamps each reply with
+// that reading plus its predicted wait: the recent cost, per message, of
+// calls that sent as many messages as this one, times its position.
+//
+// Every extra chunk costs a system call (about 1 µs in the VM fastntp was
+// measured in, most of a message's own cost), so only short batches, whose
+// worker is keeping up with its requests, go out in small chunks. A longer
+// batch means a backlog: it goes out in large chunks, and the worker keeps
+// its throughput. docs/benchmarking.md has the measured
+// trade-off.
+const (
+	// smallChunk is the chunk size of a short batch: a reply waits for at
+	// most three others.
+	smallChunk = 4
+	// largeChunk is the chunk size of a longer batch: four calls for a
+	// batch of 64.
+	largeChunk = 16
+	// shortBatch is the longest batch sent in small chunks.
+	shortBatch = 32
+)
+
+// sendCosts predicts how long a call that sends n messages takes, from
+// recent calls of the same size. A median per size is not misled by the
+// rare call that an interrupt stretched, nor by the fixed cost of a call,
+// which a single per-message average would spread wrongly over calls of
+// other sizes.
+type sendCosts struct {
+	bySize [largeChunk + 1]costRing
+}
+
+// costRing holds the durations of recent calls of one size.
+type costRing struct {
+	recent [8]time.Duration
+	next   uint8
+	n      uint8
+	median time.Duration
+}
+
+// initialCost is the predicted cost of one message before a call of its
+// size was measured.
+const initialCost = time.Microsecond
+
+// perMessage returns the predicted cost of each message of a call that
+// sends n.
+func (c *sendCosts) perMessage(n int) time.Duration {
+	if r := &c.bySize[n]; r.n > 0 {
+		return r.median / time.Duration(n)
+	}
+	return initialCost
+}
+
+// observe records a call that sent n messages in d.
+func (c *sendCosts) observe(n int, d time.Duration) {
+	if n < 1 || n > largeChunk || d <= 0 {
+		return
+	}
+	r := &c.bySize[n]
+	r.recent[r.next] = d
+	r.next = (r.next + 1) % uint8(len(r.recent))
+	r.n = min(r.n+1, uint8(len(r.recent)))
+	sorted := r.recent // a copy: the ring keeps its order
+	s := sorted[:r.n]
+	slices.Sort(s)
+	r.median = s[len(s)/2]
+}
+
+// sendReplies stamps and sends the first count messages of w.msgs and
+// returns how many the kernel accepted.
+func (w *worker) sendReplies(count int) (int, error) {
+	chunk := largeChunk
+	if count <= shortBatch {
+		chunk = smallChunk
+	}
+	sent := 0
+	for start := 0; start < count; start += chunk {
+		end := min(start+chunk, count)
+		before := time.Now()
+		dispersion := w.template.dispersion(before)
+		cost := w.sendCosts.perMessage(end - start)
+		for i := start; i < end; i++ {
+			leaves := before.Add(time.Duration(i-start+1) * cost)
+			stamp(w.msgs[i].Buffer, dispersion, ntp.TimeFrom(leaves))
+		}
+		n, err := w.conn.WriteBatch(w.msgs[start:end])
+		w.sendCosts.observe(end-start, time.Since(before))
+		sent += n
+		if err != nil {
+			return sent, err
+		}
+	}
+	return sent, nil
+}

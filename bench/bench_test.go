@@ -292,7 +292,8 @@ func TestReports(t *testing.T) {
 	if !strings.Contains(sum.String(), "1500") {
 		t.Errorf("summary:\n%s", sum.String())
 	}
-	curves := Curves(append(steps, Step{Target: "a", Round: 2, Rate: 1000, ResponseRate: 800}))
+	curves := Curves(append(steps, Step{Target: "a", Round: 2, Rate: 1000, ResponseRate: 800},
+		Step{Target: "a", Round: 2, Rate: 1500, ResponseRate: 1500, Point: "50%"}))
 	want := []Curve{{Target: "a", Points: []CurvePoint{{1000, 900}, {2000, 1500}}}}
 	if !reflect.DeepEqual(curves, want) {
 		t.Errorf("Curves = %+v, want %+v (b's only step is a shortfall)", curves, want)

@@ -3,6 +3,8 @@ package bench_test
 import (
 	"context"
 	"net/netip"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,6 +17,13 @@ import (
 // startFastntp serves fastntp in-process, mirroring a real chronyd.
 func startFastntp(t *testing.T, backend netip.AddrPort) netip.AddrPort {
 	t.Helper()
+	// Its two workers each keep a P while blocked in recvmmsg; the
+	// generator in this process needs Ps of its own, as cmd/fastntp
+	// reserves one for its other goroutines.
+	if procs := runtime.GOMAXPROCS(0); procs < 4 {
+		runtime.GOMAXPROCS(4)
+		t.Cleanup(func() { runtime.GOMAXPROCS(procs) })
+	}
 	poller, err := upstream.New(upstream.Config{Server: backend})
 	if err != nil {
 		t.Fatal(err)
@@ -69,12 +78,17 @@ func TestEndToEnd(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer f.Close()
-			steps, err := f.Ramp(context.Background(), bench.RampConfig{Start: 1000, Multiplier: 2, Max: 4000, StepDuration: 300 * time.Millisecond})
+			// 1000 × 2.5 steps over --max: the last step is at 4000.
+			result, err := f.Ramp(context.Background(), bench.RampConfig{Start: 1000, Multiplier: 2.5, Max: 4000, StepDuration: 300 * time.Millisecond})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(steps) != 3 {
-				t.Fatalf("%d steps, want 3 (1000, 2000, 4000/s)", len(steps))
+			steps := result.Steps
+			if len(steps) != 3 || steps[2].Rate != 4000 || result.Stop != bench.StopMax {
+				t.Fatalf("%d steps, last at %v/s, stopped because %s; want 1000, 2500 and 4000/s, then --max", len(steps), steps[len(steps)-1].Rate, result.Stop)
+			}
+			if !strings.Contains(result.String(), "stopped at 4000/s (0.0% lost) because it reached --max") {
+				t.Errorf("summary line %q", result.String())
 			}
 			for _, s := range steps {
 				if s.Sent == 0 || s.Valid != s.Sent || s.Invalid != 0 || s.KoD != 0 || s.Unsynced != 0 || s.LostPercent != 0 {
@@ -85,8 +99,8 @@ func TestEndToEnd(t *testing.T) {
 					t.Errorf("rate %.0f: response time %+v, transmit error %+v", s.Rate, s.ResponseTime, s.TransmitError)
 				}
 			}
-			if maxRate, peak := bench.Saturation(steps, 1); maxRate != 4000 || peak < 3500 {
-				t.Errorf("saturation %v, peak %v", maxRate, peak)
+			if result.MaxRate != 4000 || result.PeakResponse < 3500 {
+				t.Errorf("saturation %v, peak %v", result.MaxRate, result.PeakResponse)
 			}
 			if pid != 0 {
 				// /proc counts CPU time in 10 ms ticks: a second at 20000/s
@@ -112,30 +126,40 @@ func TestCompare(t *testing.T) {
 	summaries, steps, err := bench.Compare(context.Background(), []*bench.Target{fastntp, chronyd}, bench.CompareConfig{
 		Rounds:        2,
 		Ramp:          bench.RampConfig{Start: 1000, Multiplier: 2, Max: 2000, StepDuration: 200 * time.Millisecond},
-		FixedRate:     1000,
+		Points:        []bench.Point{{Rate: 1000}, {Share: 0.5}},
 		FixedDuration: 200 * time.Millisecond,
 		Flood:         bench.FloodConfig{Clients: 4},
-		OnStep:        func(s bench.Step) { seen = append(seen, s.Target); t.Logf("%+v", s) },
+		OnStep:        func(s bench.Step) { seen = append(seen, s.Target) },
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Per round and target: two ramp steps and a fixed one, interleaved.
-	want := []string{"fastntp", "fastntp", "fastntp", "chronyd", "chronyd", "chronyd"}
+	// Per round and target: two ramp steps and two fixed ones, interleaved.
+	want := []string{"fastntp", "fastntp", "fastntp", "fastntp", "chronyd", "chronyd", "chronyd", "chronyd"}
 	want = append(want, want...)
-	if len(steps) != 12 || len(seen) != 12 {
-		t.Fatalf("%d steps (%d seen), want 12", len(steps), len(seen))
+	if len(steps) != 16 || len(seen) != 16 {
+		t.Fatalf("%d steps (%d seen), want 16", len(steps), len(seen))
 	}
 	for i := range want {
-		if seen[i] != want[i] || steps[i].Target != want[i] || steps[i].Round != 1+i/6 {
-			t.Fatalf("step %d: target %s round %d, want %s round %d", i, steps[i].Target, steps[i].Round, want[i], 1+i/6)
+		if seen[i] != want[i] || steps[i].Target != want[i] || steps[i].Round != 1+i/8 {
+			t.Fatalf("step %d: target %s round %d, want %s round %d", i, steps[i].Target, steps[i].Round, want[i], 1+i/8)
 		}
 	}
-	if len(summaries) != 2 || summaries[0].Ratio != 1 || len(summaries[1].PeakPerRound) != 2 {
+	// The share is of the first target's peak in the same round.
+	for round := range 2 {
+		peak := summaries[0].PeakPerRound[round]
+		for _, target := range []int{0, 4} {
+			if s := steps[8*round+target+3]; s.Rate != 0.5*peak || s.Point != "50%" {
+				t.Errorf("round %d: the 50%% point ran at %v/s (%q), want half of %v", round+1, s.Rate, s.Point, peak)
+			}
+		}
+	}
+	if len(summaries) != 2 || summaries[0].Ratio != 1 || len(summaries[1].PeakPerRound) != 2 || len(summaries[1].StopPerRound) != 2 {
 		t.Fatalf("summaries %+v", summaries)
 	}
 	for _, s := range summaries {
-		if s.MaxRate != 2000 || s.PeakResponse < 1800 || s.ResponseTime.Median <= 0 {
+		if s.MaxRate != 2000 || s.PeakResponse < 1800 || s.ResponseTime.Median <= 0 || len(s.Points) != 2 ||
+			s.Points[0].Point != "1000" || s.Points[1].Point != "50%" || s.Points[0].TransmitError.P50 <= 0 {
 			t.Errorf("%s: %+v", s.Target, s)
 		}
 	}

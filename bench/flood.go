@@ -239,8 +239,9 @@ func (a *accumulator) add(c *client, m *batch.Message) {
 type Step struct {
 	Target      string  `json:"target,omitempty"`
 	Round       int     `json:"round,omitempty"`
-	Rate        float64 `json:"rate"`         // requests per second asked for
-	RequestRate float64 `json:"request_rate"` // requests per second sent
+	Point       string  `json:"point,omitempty"` // a compare's fixed point; empty in a ramp
+	Rate        float64 `json:"rate"`            // requests per second asked for
+	RequestRate float64 `json:"request_rate"`    // requests per second sent
 	Clients     int     `json:"clients"`
 	Duration    float64 `json:"duration_s"`
 	Sent        uint64  `json:"sent"`

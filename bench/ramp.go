@@ -37,30 +37,78 @@ func (c RampConfig) validate() error {
 	return nil
 }
 
-// Ramp runs steps of increasing rate until Max, a step with heavy loss, or
-// a step the generator could not send at.
-func (f *Flooder) Ramp(ctx context.Context, cfg RampConfig) ([]Step, error) {
+// RampResult is what a ramp measured, and why it stopped.
+type RampResult struct {
+	Steps []Step
+	// MaxRate is the highest asked rate answered with under 1% loss (0 if
+	// none was), and PeakResponse the highest response rate; steps the
+	// generator could not send at are left out of both.
+	MaxRate, PeakResponse float64
+	// Stop says why the ramp ended.
+	Stop StopReason
+}
+
+// StopReason says why a ramp ended.
+type StopReason string
+
+// Why a ramp ends.
+const (
+	// StopSaturated: a step lost more than the loss limit.
+	StopSaturated StopReason = "the server saturated"
+	// StopGenerator: the generator could not send at a step's rate, so the
+	// step measured the generator, not the server.
+	StopGenerator StopReason = "the generator fell behind"
+	// StopMax: the step at the highest rate asked for was run.
+	StopMax StopReason = "it reached --max"
+)
+
+// String describes the ramp in one line.
+func (r RampResult) String() string {
+	last := Step{}
+	if len(r.Steps) > 0 {
+		last = r.Steps[len(r.Steps)-1]
+	}
+	return fmt.Sprintf("peak %.0f responses/s, highest rate with under 1%% loss %.0f/s; stopped at %.0f/s (%.1f%% lost) because %s",
+		r.PeakResponse, r.MaxRate, last.Rate, last.LostPercent, r.Stop)
+}
+
+// Ramp runs steps of increasing rate until a step with heavy loss, a step
+// the generator could not send at, or a step at Max, which is always the
+// last rate tried even where the multiplier steps over it.
+func (f *Flooder) Ramp(ctx context.Context, cfg RampConfig) (RampResult, error) {
 	if cfg.MaxLossPercent == 0 {
 		cfg.MaxLossPercent = 20
 	}
 	if err := cfg.validate(); err != nil {
-		return nil, err
+		return RampResult{}, err
 	}
-	var steps []Step
-	for rate := cfg.Start; rate <= cfg.Max*1.0001; rate *= cfg.Multiplier {
+	var r RampResult
+	for rate := cfg.Start; ; rate *= cfg.Multiplier {
+		if rate > cfg.Max {
+			rate = cfg.Max
+		}
 		s, err := f.Run(ctx, rate, cfg.StepDuration)
 		if err != nil {
-			return steps, err
+			return r, err
 		}
-		steps = append(steps, s)
+		r.Steps = append(r.Steps, s)
 		if cfg.OnStep != nil {
 			cfg.OnStep(s)
 		}
-		if s.Shortfall || s.LostPercent > cfg.MaxLossPercent {
+		switch {
+		case s.Shortfall:
+			r.Stop = StopGenerator
+		case s.LostPercent > cfg.MaxLossPercent:
+			r.Stop = StopSaturated
+		case rate >= cfg.Max:
+			r.Stop = StopMax
+		}
+		if r.Stop != "" {
 			break
 		}
 	}
-	return steps, nil
+	r.MaxRate, r.PeakResponse = Saturation(r.Steps, 1)
+	return r, nil
 }
 
 // Saturation summarizes a ramp: the highest asked rate answered with less

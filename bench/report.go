@@ -103,15 +103,12 @@ func roundLabel(r int) string {
 
 func micro(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d)/1e3) }
 
-// WriteSummaries writes a comparison's summary table.
+// WriteSummaries writes a comparison's summary tables: peaks, then the
+// fixed points.
 func WriteSummaries(w io.Writer, summaries []Summary) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "target\tmax rate <1%% loss\tpeak responses/s\tratio\tCPU µs/response\tresponse µs median\tp99\tpeak per round\t\n")
+	fmt.Fprintf(tw, "target\tmax rate <1%% loss\tpeak responses/s\tratio\tresponse µs median\tp99\tpeak per round\t\n")
 	for _, s := range summaries {
-		cpu := "-"
-		if s.CPUPerResponse > 0 {
-			cpu = micro(s.CPUPerResponse)
-		}
 		rounds := ""
 		for i, p := range s.PeakPerRound {
 			if i > 0 {
@@ -119,8 +116,32 @@ func WriteSummaries(w io.Writer, summaries []Summary) error {
 			}
 			rounds += strconv.FormatFloat(p, 'f', 0, 64)
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.2fx\t%s\t%s\t%s\t%s\t\n", s.Target, s.MaxRate, s.PeakResponse, s.Ratio, cpu,
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.2fx\t%s\t%s\t%s\t\n", s.Target, s.MaxRate, s.PeakResponse, s.Ratio,
 			micro(s.ResponseTime.Median), micro(s.ResponseTime.P99), rounds)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(summaries) == 0 || len(summaries[0].Points) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "target\tpoint\trate\tlost\tCPU µs/response\t|tx error| µs p50\tp90\tp99\tp99.9\tmean\t\n")
+	for j := range summaries[0].Points {
+		for _, s := range summaries {
+			if j >= len(s.Points) {
+				continue
+			}
+			p := s.Points[j]
+			cpu := "-"
+			if p.CPUPerResponse > 0 {
+				cpu = micro(p.CPUPerResponse)
+			}
+			e := p.TransmitError
+			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.2f%%\t%s\t%s\t%s\t%s\t%s\t%s\t\n", s.Target, p.Point, p.Rate, p.LostPercent, cpu,
+				micro(e.P50), micro(e.P90), micro(e.P99), micro(e.P999), micro(e.Mean))
+		}
 	}
 	return tw.Flush()
 }
@@ -137,15 +158,16 @@ type CurvePoint struct {
 	Rate, ResponseRate float64
 }
 
-// Curves groups steps by target, in the order targets first appear, with
-// points by increasing rate. Steps the generator could not send at are left
-// out: they measure the generator, not the server.
+// Curves groups ramp steps by target, in the order targets first appear,
+// with points by increasing rate. Steps the generator could not send at are
+// left out (they measure the generator, not the server), and so are a
+// compare's fixed points.
 func Curves(steps []Step) []Curve {
 	var curves []Curve
 	index := map[string]int{}
 	byRate := []map[float64][]float64{}
 	for _, s := range steps {
-		if s.Shortfall {
+		if s.Shortfall || s.Point != "" {
 			continue
 		}
 		i, ok := index[s.Target]

@@ -12,8 +12,8 @@ import (
 // costs about 1.5 µs, so the last of 64 leaves some 100 µs after a clock
 // reading taken before the call. fastntp therefore sends a batch's replies
 // in chunks, reads the clock before each chunk, and stamps each reply with
-// that reading plus its predicted wait: the recent cost, per message, of
-// calls that sent as many messages as this one, times its position.
+// that reading plus its predicted wait: its position times the spacing of
+// messages in recent calls that sent as many.
 //
 // Every extra chunk costs a system call (about 1 µs in the VM fastntp was
 // measured in, most of a message's own cost), so only short batches, whose
@@ -53,11 +53,13 @@ type costRing struct {
 // size was measured.
 const initialCost = time.Microsecond
 
-// perMessage returns the predicted cost of each message of a call that
-// sends n.
+// perMessage returns the predicted spacing of the messages of a call that
+// sends n: the call's duration split into n+1 equal parts, one per message
+// and one for entering and leaving the kernel, which happen before the
+// first message leaves and after the last.
 func (c *sendCosts) perMessage(n int) time.Duration {
 	if r := &c.bySize[n]; r.n > 0 {
-		return r.median / time.Duration(n)
+		return r.median / time.Duration(n+1)
 	}
 	return initialCost
 }

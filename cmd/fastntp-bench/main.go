@@ -20,7 +20,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"strconv"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -154,7 +154,7 @@ type loadFlags struct {
 	rate                   float64
 	duration               time.Duration
 	rounds                 int
-	fixedRate              float64
+	points                 []string
 	clients, batchSize     int
 	clientIO               string
 	benchCPUs, targetCPUs  string
@@ -190,8 +190,8 @@ func defineLoadFlags(fs *pflag.FlagSet, mode string, f *loadFlags) {
 	}
 	if mode == "compare" {
 		fs.IntVar(&f.rounds, "rounds", 3, "rounds of every target, interleaved")
-		fs.Float64Var(&f.fixedRate, "fixed-rate", 0, "also run each target for one step at this common rate to measure CPU per response (0: no)")
-		fs.StringArrayVar(&f.requires, "require-ahead", nil, "NAME=RATIO fails unless the first target's median peak is at least RATIO times NAME's")
+		fs.StringArrayVar(&f.points, "point", nil, "after each ramp, hold this rate for one step: requests/s (20000) or a share of the first target's peak (90%); repeat for more")
+		fs.StringArrayVar(&f.requires, "require", nil, "fail unless the first target meets METRIC[@POINT]>=RATIO*NAME or <=, e.g. peak>=0.97*c, cpu@20000<=1.3*c, txp99@50%<=8*chronyd (metrics: peak, cpu, txp50, txp99)")
 		fs.StringVar(&f.jsonOut, "json-out", "", "write the steps and summaries to this JSON `file`")
 	}
 	fs.IntVar(&f.clients, "clients", 32, "simulated clients (sockets), spread over 127.0.0.1-127.0.0.4 on loopback")
@@ -238,6 +238,14 @@ func load(ctx context.Context, mode string, args []string, stdout io.Writer) err
 	if err != nil {
 		return usageError{err}
 	}
+	var points []bench.Point
+	for _, p := range f.points {
+		point, err := bench.ParsePoint(p)
+		if err != nil {
+			return usageError{fmt.Errorf("--point: %w", err)}
+		}
+		points = append(points, point)
+	}
 	clientPath, err := batch.ParsePath(f.clientIO)
 	if err != nil {
 		return usageError{fmt.Errorf("--client-io: %w", err)}
@@ -276,6 +284,7 @@ func load(ctx context.Context, mode string, args []string, stdout io.Writer) err
 		steps = append(steps, s)
 	}
 	var summaries []bench.Summary
+	var stops map[string]string // why each target's ramp stopped, for the plot
 	switch mode {
 	case "ramp", "fixed":
 		t := started[0]
@@ -287,7 +296,12 @@ func load(ctx context.Context, mode string, args []string, stdout io.Writer) err
 		defer fl.Close()
 		if mode == "ramp" {
 			ramp.OnStep = func(s bench.Step) { s.Target = t.Name; record(s) }
-			_, err = fl.Ramp(ctx, ramp)
+			var result bench.RampResult
+			result, err = fl.Ramp(ctx, ramp)
+			if err == nil {
+				fmt.Fprintf(stdout, "\n%s: %s\n", t.Name, result)
+				stops = map[string]string{t.Name: string(result.Stop)}
+			}
 		} else {
 			var s bench.Step
 			s, err = fl.Run(ctx, f.rate, f.duration)
@@ -299,7 +313,7 @@ func load(ctx context.Context, mode string, args []string, stdout io.Writer) err
 		}
 	case "compare":
 		summaries, _, err = bench.Compare(ctx, started, bench.CompareConfig{
-			Rounds: f.rounds, Ramp: ramp, FixedRate: f.fixedRate, FixedDuration: f.step,
+			Rounds: f.rounds, Ramp: ramp, Points: points, FixedDuration: f.step,
 			Flood: flood, OnStep: record,
 		})
 		if err != nil {
@@ -309,9 +323,13 @@ func load(ctx context.Context, mode string, args []string, stdout io.Writer) err
 		if err := bench.WriteSummaries(stdout, summaries); err != nil {
 			return err
 		}
+		stops = map[string]string{}
+		for _, s := range summaries {
+			stops[s.Target] = stopsLabel(s.StopPerRound)
+		}
 	}
 	if f.plotPath != "" {
-		if err := drawPlot(f.plotPath, "fastntp-bench "+mode, steps); err != nil {
+		if err := drawPlot(f.plotPath, "fastntp-bench "+mode, steps, stops); err != nil {
 			return err
 		}
 	}
@@ -327,53 +345,37 @@ func load(ctx context.Context, mode string, args []string, stdout io.Writer) err
 			return err
 		}
 	}
-	return checkRequires(stdout, checks, summaries)
+	return bench.CheckRequirements(stdout, checks, summaries)
 }
 
-type requirement struct {
-	name  string
-	ratio float64
-}
-
-func parseRequires(requires []string, specs []bench.TargetSpec) ([]requirement, error) {
-	var reqs []requirement
-	for _, r := range requires {
-		name, value, ok := strings.Cut(r, "=")
-		ratio, err := strconv.ParseFloat(value, 64)
-		if !ok || err != nil || ratio <= 0 {
-			return nil, fmt.Errorf("--require-ahead %q: want NAME=RATIO", r)
+// parseRequires parses --require values and checks that each names a
+// target after the first.
+func parseRequires(requires []string, specs []bench.TargetSpec) ([]bench.Requirement, error) {
+	var reqs []bench.Requirement
+	for _, text := range requires {
+		r, err := bench.ParseRequirement(text)
+		if err != nil {
+			return nil, fmt.Errorf("--require: %w", err)
 		}
 		found := false
 		for _, s := range specs[1:] {
-			found = found || s.Name == name
+			found = found || s.Name == r.Target
 		}
 		if !found {
-			return nil, fmt.Errorf("--require-ahead %q: no target after the first is named %s", r, name)
+			return nil, fmt.Errorf("--require %q: no target after the first is named %s", text, r.Target)
 		}
-		reqs = append(reqs, requirement{name, ratio})
+		reqs = append(reqs, r)
 	}
 	return reqs, nil
 }
 
-// checkRequires compares the first target against the named ones.
-func checkRequires(w io.Writer, reqs []requirement, summaries []bench.Summary) error {
-	var failed []string
-	for _, r := range reqs {
-		for _, s := range summaries {
-			if s.Target != r.name {
-				continue
-			}
-			got := summaries[0].PeakResponse / s.PeakResponse
-			verdict := "ok"
-			if !(got >= r.ratio) {
-				verdict = "FAIL"
-				failed = append(failed, fmt.Sprintf("%s is %.2fx %s, below the required %.2fx", summaries[0].Target, got, r.name, r.ratio))
-			}
-			fmt.Fprintf(w, "check: %s / %s = %.2fx (required %.2fx): %s\n", summaries[0].Target, r.name, got, r.ratio, verdict)
+// stopsLabel says why the rounds' ramps stopped, once per distinct reason.
+func stopsLabel(stops []bench.StopReason) string {
+	var seen []string
+	for _, s := range stops {
+		if !slices.Contains(seen, string(s)) {
+			seen = append(seen, string(s))
 		}
 	}
-	if len(failed) > 0 {
-		return errors.New(strings.Join(failed, "; "))
-	}
-	return nil
+	return strings.Join(seen, "; ")
 }

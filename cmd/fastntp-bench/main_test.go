@@ -29,7 +29,9 @@ func TestRunErrors(t *testing.T) {
 		{[]string{"ramp"}, 2, "takes one --target"},
 		{[]string{"ramp", "--target", "1.2.3.4:123"}, 1, "not an address of this host"},
 		{[]string{"fixed", "--target", "a=ftp:x"}, 2, "unknown kind"},
-		{[]string{"compare", "--target", "a=chronyd", "--require-ahead", "b=1.2"}, 2, "no target after the first"},
+		{[]string{"compare", "--target", "a=chronyd", "--require", "peak>=1.2*b"}, 2, "no target after the first"},
+		{[]string{"compare", "--target", "a=chronyd", "--target", "b=chronyd", "--require", "speed>=1.2*b"}, 2, "unknown metric"},
+		{[]string{"compare", "--target", "a=chronyd", "--point", "120%"}, 2, "want a percentage"},
 		{[]string{"ramp", "--target", "127.0.0.1:123", "--json", "--csv"}, 2, "exclude each other"},
 		{[]string{"help"}, 0, ""},
 		{[]string{"ramp", "-h"}, 0, ""},
@@ -50,9 +52,9 @@ func TestCommandHelp(t *testing.T) {
 		want, notWant []string
 	}{
 		{"probe", []string{"--timeout", "ADDRESS[:PORT]"}, []string{"--target", "--rate"}},
-		{"ramp", []string{"--target", "--start", "--max-loss", "--plot"}, []string{"--rate", "--rounds", "--require-ahead"}},
+		{"ramp", []string{"--target", "--start", "--max-loss", "--plot"}, []string{"--rate", "--rounds", "--require", "--point"}},
 		{"fixed", []string{"--target", "--rate", "--duration"}, []string{"--start", "--rounds"}},
-		{"compare", []string{"--rounds", "--require-ahead", "--start", "--json-out"}, []string{"--rate ", "--duration"}},
+		{"compare", []string{"--rounds", "--require", "--point", "--start", "--json-out"}, []string{"--rate ", "--duration"}},
 	}
 	for _, tt := range tests {
 		var out, errOut bytes.Buffer
@@ -115,20 +117,6 @@ func TestProbe(t *testing.T) {
 	}
 }
 
-func TestCheckRequires(t *testing.T) {
-	summaries := []bench.Summary{{Target: "fastntp", PeakResponse: 130}, {Target: "chronyd", PeakResponse: 100}}
-	var out bytes.Buffer
-	if err := checkRequires(&out, []requirement{{"chronyd", 1.25}}, summaries); err != nil {
-		t.Errorf("1.30x against a 1.25x requirement: %v", err)
-	}
-	if err := checkRequires(&out, []requirement{{"chronyd", 1.4}}, summaries); err == nil {
-		t.Error("1.30x passed a 1.40x requirement")
-	}
-	if !strings.Contains(out.String(), "FAIL") {
-		t.Errorf("output %q", out.String())
-	}
-}
-
 func TestDrawPlot(t *testing.T) {
 	steps := []bench.Step{
 		{Target: "a", Rate: 1000, ResponseRate: 1000},
@@ -137,7 +125,7 @@ func TestDrawPlot(t *testing.T) {
 	}
 	for _, name := range []string{"p.png", "p.svg"} {
 		path := filepath.Join(t.TempDir(), name)
-		if err := drawPlot(path, "test", steps); err != nil {
+		if err := drawPlot(path, "test", steps, map[string]string{"a": string(bench.StopSaturated)}); err != nil {
 			t.Fatal(err)
 		}
 		b, err := os.ReadFile(path)
@@ -145,7 +133,7 @@ func TestDrawPlot(t *testing.T) {
 			t.Errorf("%s: %d bytes, %v", name, len(b), err)
 		}
 	}
-	if err := drawPlot(filepath.Join(t.TempDir(), "p.gif"), "", steps); err == nil {
+	if err := drawPlot(filepath.Join(t.TempDir(), "p.gif"), "", steps, nil); err == nil {
 		t.Error("drawPlot accepted a .gif")
 	}
 }

@@ -132,3 +132,55 @@ func TestLeapSecondWindow(t *testing.T) {
 		}
 	}
 }
+// FuzzReply checks that no datagram panics the reply path and that every
+// reply is no longer than its request and answers it.
+func FuzzReply(f *testing.F) {
+	for _, tc := range requestClasses {
+		f.Add(tc.pkt, uint16(40000))
+	}
+	now := time.Now()
+	snap := syncedSnapshot(now)
+	f.Fuzz(func(t *testing.T, req []byte, port uint16) {
+		mode, v := classify(req, port)
+		if v != Replied {
+			return
+		}
+		var h replyTemplate
+		h.prepare(snap, now)
+		buf := bytes.Clone(req)
+		n := h.build(buf, mode, ntp.TimeFrom(now))
+		stamp(buf, h.dispersion(now), ntp.TimeFrom(now))
+		if n > len(req) {
+			t.Fatalf("reply of %d bytes to a %d-byte request", n, len(req))
+		}
+		var got ntp.Header
+		if err := got.Parse(buf[:n]); err != nil {
+			t.Fatal(err)
+		}
+		if got.Version != req[0]>>3&7 || !bytes.Equal(buf[24:32], req[40:48]) || got.Poll != max(int8(req[2]), minPoll) {
+			t.Fatalf("reply %+v does not answer request %x", got, req[:ntp.HeaderSize])
+		}
+		if got.Mode != ntp.ModeServer && got.Mode != ntp.ModePassive {
+			t.Fatalf("reply mode %d", got.Mode)
+		}
+	})
+}
+
+func BenchmarkReplyPath(b *testing.B) {
+	now := time.Now()
+	snap := syncedSnapshot(now)
+	req := packet(4, ntp.ModeClient)
+	buf := make([]byte, maxRequestSize)
+	var h replyTemplate
+	b.ReportAllocs()
+	for b.Loop() {
+		n := copy(buf, req)
+		h.prepare(snap, now)
+		mode, v := classify(buf[:n], 40000)
+		if v != Replied {
+			b.Fatal("dropped")
+		}
+		h.build(buf, mode, ntp.TimeFrom(now))
+		stamp(buf, h.dispersion(now), ntp.TimeFrom(now))
+	}
+}

@@ -19,8 +19,7 @@ import (
 // measured in, most of a message's own cost), so only short batches, whose
 // worker is keeping up with its requests, go out in small chunks. A longer
 // batch means a backlog: it goes out in large chunks, and the worker keeps
-// its throughput. docs/benchmarking.md has the measured
-// trade-off.
+// its throughput. docs/benchmarking.md has the measured trade-off.
 const (
 	// smallChunk is the chunk size of a short batch: a reply waits for at
 	// most three others.

@@ -1,0 +1,101 @@
+package responder
+
+import (
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/fastntp/fastntp/batch"
+	"github.com/fastntp/fastntp/internal/ntp"
+)
+
+func TestSendCosts(t *testing.T) {
+	var c sendCosts
+	if got := c.perMessage(4); got != initialCost {
+		t.Errorf("before any call: %v, want %v", got, initialCost)
+	}
+	// Calls of four messages take 10 µs, but for one an interrupt made it
+	// 200 µs; calls of one take 3 µs.
+	for i := range 7 {
+		d := 10 * time.Microsecond
+		if i == 3 {
+			d = 200 * time.Microsecond
+		}
+		c.observe(4, d)
+		c.observe(1, 3*time.Microsecond)
+	}
+	if got := c.perMessage(4); got != 2*time.Microsecond {
+		t.Errorf("spacing in calls of 4: %v, want 10µs/5 (the slow call ignored)", got)
+	}
+	if got := c.perMessage(1); got != 1500*time.Nanosecond {
+		t.Errorf("spacing in calls of 1: %v, want 3µs/2", got)
+	}
+	if got := c.perMessage(2); got != initialCost {
+		t.Errorf("calls of 2, never measured: %v, want %v", got, initialCost)
+	}
+	c.observe(0, time.Second)
+	c.observe(largeChunk+1, time.Second)
+	c.observe(3, -time.Second)
+	if got := c.perMessage(3); got != initialCost {
+		t.Errorf("invalid observations were kept: %v", got)
+	}
+}
+
+// recordingConn records the transmit timestamps of each WriteBatch call.
+type recordingConn struct {
+	batch.Conn
+	calls [][]ntp.Time64
+}
+
+func (c *recordingConn) WriteBatch(msgs []batch.Message) (int, error) {
+	var stamps []ntp.Time64
+	for _, m := range msgs {
+		var h ntp.Header
+		h.Parse(m.Buffer)
+		stamps = append(stamps, h.TransmitTime)
+	}
+	c.calls = append(c.calls, stamps)
+	return len(msgs), nil
+}
+
+// Short batches go out in chunks of 4, longer ones in chunks of 16, and
+// every reply is stamped after the clock reading of its chunk, later the
+// further back it waits.
+func TestSendRepliesChunks(t *testing.T) {
+	for _, tt := range []struct {
+		count int
+		sizes []int
+	}{
+		{1, []int{1}},
+		{5, []int{4, 1}},
+		{32, []int{4, 4, 4, 4, 4, 4, 4, 4}},
+		{33, []int{16, 16, 1}},
+		{64, []int{16, 16, 16, 16}},
+	} {
+		conn := &recordingConn{}
+		w := newWorker(conn, Config{BatchSize: 64, Source: newStaticSource(freshSnapshot()), Logger: nopLogger})
+		w.template.prepare(freshSnapshot(), time.Now())
+		for i := range w.msgs[:tt.count] {
+			w.msgs[i].N = ntp.HeaderSize
+			w.msgs[i].Peer = netip.MustParseAddrPort("192.0.2.1:123")
+		}
+		before := ntp.TimeFrom(time.Now())
+		sent, err := w.sendReplies(tt.count)
+		if err != nil || sent != tt.count {
+			t.Fatalf("%d replies: sent %d, %v", tt.count, sent, err)
+		}
+		var sizes []int
+		for i, stamps := range conn.calls {
+			sizes = append(sizes, len(stamps))
+			for j, s := range stamps {
+				if s < before || (j > 0 && s <= stamps[j-1]) {
+					t.Errorf("%d replies, call %d: stamps %v not increasing from %v", tt.count, i, stamps, before)
+				}
+			}
+		}
+		if !slices.Equal(sizes, tt.sizes) {
+			t.Errorf("%d replies sent in calls of %v, want %v", tt.count, sizes, tt.sizes)
+		}
+	}
+}

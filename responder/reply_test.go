@@ -132,6 +132,7 @@ func TestLeapSecondWindow(t *testing.T) {
 		}
 	}
 }
+
 // FuzzReply checks that no datagram panics the reply path and that every
 // reply is no longer than its request and answers it.
 func FuzzReply(f *testing.F) {

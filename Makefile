@@ -12,12 +12,13 @@ BENCH_MIN_VS_UNBATCHED      ?= 1.6
 BENCH_MIN_PEAK_VS_C         ?= 0.7
 BENCH_MAX_CPU_VS_C          ?= 1.8
 BENCH_MAX_TX_P99_VS_CHRONYD ?= 25
-# Debian packages the tests run for real: the backend, NTP clients, netns.
-TEST_DEPS := chronyd:chrony ntpdig:ntpsec-ntpdig sntp:sntp ip:iproute2
+# Debian packages the tests run for real: the backend, NTP clients, netns,
+# and Prometheus (a server scraping fastntp, promtool for the alert rules).
+TEST_DEPS := chronyd:chrony ntpdig:ntpsec-ntpdig sntp:sntp ip:iproute2 prometheus:prometheus promtool:prometheus
 # The demo needs chrony for its backend and its client (chronyd -Q).
 DEMO_DEPS := chronyd:chrony
 
-.PHONY: all build demo test deps vet layering unit fuzz bench bench-check clean
+.PHONY: all build demo test deps vet layering unit alerts fuzz bench bench-check clean
 
 all: build
 
@@ -74,7 +75,11 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseAnswer$$' -fuzztime $(FUZZTIME) ./upstream
 	$(GO) test -run '^$$' -fuzz '^FuzzParsers$$' -fuzztime $(FUZZTIME) ./bench
 
-test: deps vet unit fuzz
+# The alert rules an operator drops into Prometheus, against their tests.
+alerts:
+	promtool test rules deploy/fastntp-alerts_test.yml
+
+test: deps vet unit alerts fuzz
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 300000x -count 5 ./responder

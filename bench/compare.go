@@ -115,7 +115,7 @@ func Compare(ctx context.Context, targets []*Target, cfg CompareConfig) ([]Summa
 		firstPeak := 0.0
 		for i, t := range targets {
 			fc := cfg.Flood
-			fc.Target, fc.TargetPID = t.Addr, t.PID
+			fc.Target, fc.TargetPID, fc.ScrapeURL = t.Addr, t.PID, t.MetricsURL
 			f, err := NewFlooder(fc)
 			if err != nil {
 				return nil, all, err

@@ -2,9 +2,13 @@ package bench_test
 
 import (
 	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -165,5 +169,35 @@ func TestCompare(t *testing.T) {
 	}
 	if r := summaries[1].Ratio; r < 0.8 || r > 1.25 {
 		t.Errorf("chronyd/fastntp ratio %v at rates both answer in full", r)
+	}
+}
+
+// A Flooder with a ScrapeURL fetches it on its interval for as long as it
+// is open, and each step counts the fetches that succeeded.
+func TestScrape(t *testing.T) {
+	var fetched atomic.Int64
+	metrics := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fetched.Add(1)
+		io.WriteString(w, "fastntp_synchronized 1\n")
+	}))
+	defer metrics.Close()
+	chronyd := startChronyd(t)
+	f, err := bench.NewFlooder(bench.FloodConfig{Target: chronyd.Addr, Clients: 2,
+		ScrapeURL: metrics.URL + "/metrics", ScrapeInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := f.Run(context.Background(), 1000, 500*time.Millisecond)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Scrapes < 3 || s.Scrapes > 20 || int64(s.Scrapes) > fetched.Load() {
+		t.Errorf("%d scrapes counted in a 0.7 s step at 50 ms, %d served", s.Scrapes, fetched.Load())
+	}
+	after := fetched.Load()
+	time.Sleep(200 * time.Millisecond)
+	if fetched.Load() != after {
+		t.Error("still scraping after Close")
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"net/netip"
 	"runtime"
 	"slices"
@@ -45,6 +47,12 @@ type FloodConfig struct {
 	// TargetPID, if not zero, is the server's process, whose CPU time per
 	// reply each step reports.
 	TargetPID int
+	// ScrapeURL, if set, is fetched every ScrapeInterval for as long as the
+	// Flooder is open, as a Prometheus server would: the cost of being
+	// monitored then shows in the server's figures. Each step reports how
+	// many fetches succeeded.
+	ScrapeURL      string
+	ScrapeInterval time.Duration
 }
 
 // A Flooder sends paced requests to one server and accounts for every
@@ -54,6 +62,8 @@ type Flooder struct {
 	clients []*client
 	step    atomic.Uint32
 	wg      sync.WaitGroup
+	scrapes atomic.Uint64 // successful fetches of ScrapeURL
+	stop    context.CancelFunc
 }
 
 // Transmit timestamps identify requests: step, client and sequence number.
@@ -145,7 +155,39 @@ func NewFlooder(cfg FloodConfig) (*Flooder, error) {
 		f.clients = append(f.clients, c)
 		f.wg.Go(func() { f.receive(c) })
 	}
+	ctx, stop := context.WithCancel(context.Background())
+	f.stop = stop
+	if cfg.ScrapeURL != "" && cfg.ScrapeInterval > 0 {
+		f.wg.Go(func() { f.scrape(ctx) })
+	}
 	return f, nil
+}
+
+// scrape fetches ScrapeURL every ScrapeInterval until ctx is done.
+func (f *Flooder) scrape(ctx context.Context) {
+	client := http.Client{Timeout: f.cfg.ScrapeInterval}
+	ticker := time.NewTicker(f.cfg.ScrapeInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.cfg.ScrapeURL, nil)
+		if err != nil {
+			return
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			continue
+		}
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err == nil && resp.StatusCode == http.StatusOK {
+			f.scrapes.Add(1)
+		}
+	}
 }
 
 // sourceAddress spreads clients over loopback addresses when the target is
@@ -165,8 +207,11 @@ func sourceAddress(cfg FloodConfig, i int) netip.AddrPort {
 // Clients returns the number of simulated clients.
 func (f *Flooder) Clients() int { return len(f.clients) }
 
-// Close stops the receive loops and closes the sockets.
+// Close stops the receive loops and the scraper and closes the sockets.
 func (f *Flooder) Close() error {
+	if f.stop != nil {
+		f.stop()
+	}
 	for _, c := range f.clients {
 		c.conn.Close()
 	}
@@ -266,6 +311,9 @@ type Step struct {
 	// CPUPerResponse is the target process's CPU time per valid reply, if
 	// its PID was known.
 	CPUPerResponse time.Duration `json:"cpu_per_response_ns,omitempty"`
+	// Scrapes counts the successful fetches of the server's metrics
+	// during the step, when FloodConfig.ScrapeURL is set.
+	Scrapes uint64 `json:"scrapes,omitempty"`
 }
 
 // Quantiles of a duration sample.
@@ -323,6 +371,7 @@ func (f *Flooder) Run(ctx context.Context, rate float64, d time.Duration) (Step,
 	}
 
 	cpuBefore, cpuErr := f.targetCPU()
+	scrapesBefore := f.scrapes.Load()
 	start := time.Now()
 	var sent uint64
 	next := 0
@@ -400,6 +449,7 @@ func (f *Flooder) Run(ctx context.Context, rate float64, d time.Duration) (Step,
 		s.KoDPercent = 100 * float64(s.KoD) / float64(sent)
 	}
 	s.ResponseRate = float64(s.Valid) / elapsed.Seconds()
+	s.Scrapes = f.scrapes.Load() - scrapesBefore
 	if cpuAfter, err := f.targetCPU(); err == nil && cpuErr == nil && s.Valid > 0 {
 		s.CPUPerResponse = (cpuAfter - cpuBefore) / time.Duration(s.Valid)
 	}

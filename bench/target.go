@@ -21,8 +21,10 @@ import (
 //	NAME=exec:COMMAND ARGS...  a command the bench starts and stops
 //	NAME=chronyd               a chronyd the bench configures as a plain server
 //
-// In a command, {port} becomes a free port on 127.0.0.1 and {addr:OTHER}
-// the address of the target named OTHER, started before it.
+// In a command, {port} becomes a free port on 127.0.0.1, {addr:OTHER} the
+// address of the target named OTHER, started before it, and {metrics} a free
+// TCP address on 127.0.0.1 for the server's Prometheus metrics, which the
+// bench then scrapes (see FloodConfig.ScrapeInterval).
 type TargetSpec struct {
 	Name    string
 	Addr    netip.AddrPort // addr targets
@@ -73,6 +75,9 @@ type StartOptions struct {
 type Target struct {
 	Name string
 	Addr netip.AddrPort
+	// MetricsURL is the server's Prometheus endpoint, when its command
+	// had {metrics}.
+	MetricsURL string
 	// PID is the server's process if the bench started it, else 0.
 	PID    int
 	cmd    *exec.Cmd
@@ -158,6 +163,14 @@ func (t *Target) start(spec TargetSpec, earlier []*Target, opts StartOptions) er
 	expanded := make([]string, len(args))
 	for i, a := range args {
 		a = strings.ReplaceAll(a, "{port}", strconv.Itoa(int(port)))
+		if strings.Contains(a, "{metrics}") {
+			metrics, err := freeTCPAddr()
+			if err != nil {
+				return err
+			}
+			a = strings.ReplaceAll(a, "{metrics}", metrics)
+			t.MetricsURL = "http://" + metrics + "/metrics"
+		}
 		for _, other := range earlier {
 			a = strings.ReplaceAll(a, "{addr:"+other.Name+"}", other.Addr.String())
 		}
@@ -280,6 +293,17 @@ func FreePort() (uint16, error) {
 		}
 	}
 	return 0, errors.New("no free UDP port on 127.0.0.1 in 20000-31999")
+}
+
+// freeTCPAddr returns an address on 127.0.0.1 whose TCP port was free a
+// moment ago.
+func freeTCPAddr() (string, error) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
 }
 
 // limitCPU puts pid in a new cgroup limited to quota of one CPU and returns

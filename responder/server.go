@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -77,6 +78,7 @@ type Server struct {
 	cfg     Config
 	workers []*worker
 	once    sync.Once
+	running atomic.Int32
 }
 
 // Listen opens every socket that cfg asks for. The sockets are bound when it
@@ -144,7 +146,9 @@ func (s *Server) listen(l Listener) ([]*worker, error) {
 			}
 			return nil, fmt.Errorf("responder: worker %d: %w", i, err)
 		}
-		ws = append(ws, newWorker(conn, s.cfg))
+		w := newWorker(conn, s.cfg)
+		w.index = i
+		ws = append(ws, w)
 	}
 	return ws, nil
 }
@@ -186,7 +190,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	var wg sync.WaitGroup
 	failed := make(chan error, len(s.workers))
 	for _, w := range s.workers {
+		s.running.Add(1)
 		wg.Go(func() {
+			defer s.running.Add(-1)
 			if err := w.run(); err != nil {
 				failed <- err
 			}
@@ -202,6 +208,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	return err
 }
 
+// Close releases the sockets of a server that is not going to Serve. Serve
+// closes them itself when it returns.
+func (s *Server) Close() { s.close() }
+
 func (s *Server) close() {
 	s.once.Do(func() {
 		for _, w := range s.workers {
@@ -214,14 +224,46 @@ func (s *Server) close() {
 func (s *Server) Counters() Counters {
 	var c Counters
 	for _, w := range s.workers {
-		w.counters.addTo(&c)
-		c[KernelDrops] += w.conn.Dropped()
+		w.addTo(&c)
 	}
 	return c
 }
 
+// WorkerStats are one worker's counters.
+type WorkerStats struct {
+	// Address is the address the worker serves, and Index its place among
+	// that address's workers, from 0.
+	Address netip.AddrPort
+	Index   int
+	Counters
+}
+
+// Workers returns each worker's counters, in the order of the listeners
+// and of their workers. It is safe to call at any time.
+func (s *Server) Workers() []WorkerStats {
+	stats := make([]WorkerStats, len(s.workers))
+	for i, w := range s.workers {
+		stats[i] = WorkerStats{Address: w.conn.LocalAddr(), Index: w.index}
+		w.addTo(&stats[i].Counters)
+	}
+	return stats
+}
+
+// Running returns how many workers are serving: as many as were opened from
+// Serve's start until one fails or Serve is told to stop.
+func (s *Server) Running() int { return int(s.running.Load()) }
+
+// Size returns how many workers the server has.
+func (s *Server) Size() int { return len(s.workers) }
+
+func (w *worker) addTo(c *Counters) {
+	w.counters.addTo(c)
+	c[KernelDrops] += w.conn.Dropped()
+}
+
 // worker owns one socket and everything its loop touches.
 type worker struct {
+	index    int // among its address's workers
 	conn     batch.Conn
 	source   Source
 	msgs     []batch.Message

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -139,9 +140,10 @@ func (c Cause) String() string {
 // A Poller polls the backend and publishes Snapshots. Its methods are safe
 // for concurrent use.
 type Poller struct {
-	cfg       Config
-	precision int8
-	current   atomic.Pointer[Snapshot]
+	cfg        Config
+	precision  int8
+	current    atomic.Pointer[Snapshot]
+	lastAnswer atomic.Int64 // Unix nanoseconds of the last synchronized answer, 0 before one
 
 	// Owned by Run's goroutine.
 	lastGood *Snapshot // the last synchronized state, served until it expires
@@ -168,6 +170,15 @@ func New(cfg Config) (*Poller, error) {
 
 // Load returns the current Snapshot. It is never nil.
 func (p *Poller) Load() *Snapshot { return p.current.Load() }
+
+// LastAnswer returns when the backend's last synchronized answer arrived,
+// or the zero Time if none has.
+func (p *Poller) LastAnswer() time.Time {
+	if ns := p.lastAnswer.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
+}
 
 // Run polls the backend until ctx is done, then returns ctx's error.
 func (p *Poller) Run(ctx context.Context) error {
@@ -363,6 +374,11 @@ func (p *Poller) judge(a *answer, err error, now time.Time) (*Snapshot, Cause, s
 		return nil, CauseNoAnswer, fmt.Sprintf("no answer from backend %s within %v: is chronyd running, "+
 			"with \"port %d\" and \"allow\" for fastntp's address?", server, p.cfg.Timeout, server.Port())
 	}
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		// The backend's host answered that nothing listens on the port.
+		return nil, CauseNoAnswer, fmt.Sprintf("nothing listens on backend %s (connection refused): is chronyd running, "+
+			"with \"port %d\"?", server, server.Port())
+	}
 	if err != nil {
 		return nil, CauseBadAnswer, fmt.Sprintf("backend %s: %v", server, err)
 	}
@@ -393,7 +409,9 @@ func (p *Poller) judge(a *answer, err error, now time.Time) (*Snapshot, Cause, s
 		p.lastGood = nil
 		reason := fmt.Sprintf("backend clock is %v (±%v) away from the system clock, beyond the %v bound",
 			proof.offset, proof.errorBound(), p.cfg.MaxOffset)
-		return Unsynchronized(h.Precision, CauseOffset, reason), CauseOffset, reason
+		u := Unsynchronized(h.Precision, CauseOffset, reason)
+		u.Offset, u.Delay = proof.offset, proof.delay
+		return u, CauseOffset, reason
 	case !ok || best.errorBound() > p.cfg.MaxOffset:
 		return nil, CauseSlowAnswers, fmt.Sprintf("backend %s answers too slowly to check its clock against "+
 			"the %v bound: the shortest of the last %d round trips took %v", server, p.cfg.MaxOffset, p.filter.n, best.delay)
@@ -417,6 +435,7 @@ func (p *Poller) judge(a *answer, err error, now time.Time) (*Snapshot, Cause, s
 	}
 	p.mirrorLeap(snap, a.received)
 	p.lastGood = snap
+	p.lastAnswer.Store(a.received.UnixNano())
 	return snap, CauseNone, ""
 }
 

@@ -3,7 +3,10 @@ package upstream
 import (
 	"context"
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -103,6 +106,9 @@ func TestJudge(t *testing.T) {
 		{name: "restricted", err: kissError{"RSTR"}, wantCause: CauseRefused, keepsLast: true},
 		{name: "other kiss code", err: kissError{"ACST"}, wantCause: CauseKissOfDeath, keepsLast: true},
 		{name: "timeout", err: timeoutError{time.Second}, wantCause: CauseNoAnswer, keepsLast: true},
+		// ICMP port unreachable: the backend is not running.
+		{name: "connection refused", err: fmt.Errorf("receive: %w", syscall.ECONNREFUSED), wantCause: CauseNoAnswer, keepsLast: true},
+		{name: "other error", err: errors.New("a reply without timestamps"), wantCause: CauseBadAnswer, keepsLast: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

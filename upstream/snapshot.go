@@ -88,3 +88,16 @@ func Unsynchronized(precision int8, cause Cause, reason string) *Snapshot {
 		Reason:         reason,
 	}
 }
+
+// Status reports whether the snapshot is served as synchronized at now, and
+// if it is not, the kind of cause and a sentence for people: its own, or,
+// for a synchronized state that has expired, that its answer is too old.
+func (s *Snapshot) Status(now time.Time) (synchronized bool, cause Cause, reason string) {
+	switch {
+	case s.Valid(now):
+		return true, CauseNone, ""
+	case s.Synchronized:
+		return false, CauseNoAnswer, "the last valid answer from the backend is too old"
+	}
+	return false, s.Cause, s.Reason
+}

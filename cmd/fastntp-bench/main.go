@@ -162,6 +162,7 @@ type loadFlags struct {
 	allowRemote            bool
 	asJSON, asCSV          bool
 	plotPath, jsonOut      string
+	scrapeInterval         time.Duration
 	timeout                time.Duration
 }
 
@@ -172,7 +173,7 @@ var loadSynopses = map[string]string{
 }
 
 func defineLoadFlags(fs *pflag.FlagSet, mode string, f *loadFlags) {
-	targetHelp := "server to load: ADDRESS:PORT, NAME=addr:ADDRESS:PORT, NAME=exec:COMMAND (with {port} and {addr:NAME}), or NAME=chronyd"
+	targetHelp := "server to load: ADDRESS:PORT, NAME=addr:ADDRESS:PORT, NAME=exec:COMMAND (with {port}, {addr:NAME} and {metrics}), or NAME=chronyd"
 	if mode == "compare" {
 		targetHelp += "; repeat for each server"
 	}
@@ -204,6 +205,7 @@ func defineLoadFlags(fs *pflag.FlagSet, mode string, f *loadFlags) {
 	fs.BoolVar(&f.asJSON, "json", false, "print steps as JSON lines")
 	fs.BoolVar(&f.asCSV, "csv", false, "print steps as CSV")
 	fs.StringVar(&f.plotPath, "plot", "", "draw response rate against request rate into this .png or .svg `file`")
+	fs.DurationVar(&f.scrapeInterval, "scrape-interval", time.Second, "fetch the metrics of targets started with {metrics} this often, as Prometheus would (0: never)")
 	fs.DurationVar(&f.timeout, "timeout", 15*time.Minute, "stop everything after this long")
 }
 
@@ -251,7 +253,8 @@ func load(ctx context.Context, mode string, args []string, stdout io.Writer) err
 		return usageError{fmt.Errorf("--client-io: %w", err)}
 	}
 	ramp := bench.RampConfig{Start: f.start, Multiplier: f.multiplier, Max: f.max, StepDuration: f.step, MaxLossPercent: f.maxLoss}
-	flood := bench.FloodConfig{Clients: f.clients, BatchSize: f.batchSize, AllowRemote: f.allowRemote, Path: clientPath}
+	flood := bench.FloodConfig{Clients: f.clients, BatchSize: f.batchSize, AllowRemote: f.allowRemote, Path: clientPath,
+		ScrapeInterval: f.scrapeInterval}
 
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
@@ -288,7 +291,7 @@ func load(ctx context.Context, mode string, args []string, stdout io.Writer) err
 	switch mode {
 	case "ramp", "fixed":
 		t := started[0]
-		flood.Target, flood.TargetPID = t.Addr, t.PID
+		flood.Target, flood.TargetPID, flood.ScrapeURL = t.Addr, t.PID, t.MetricsURL
 		fl, err := bench.NewFlooder(flood)
 		if err != nil {
 			return err

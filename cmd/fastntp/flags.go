@@ -31,6 +31,7 @@ type options struct {
 	receiveBuffer, sendBuffer int
 	logFormat                 string
 	statsInterval             time.Duration
+	metricsAddress            netip.AddrPort
 }
 
 const usageHeader = `Usage: fastntp [options]
@@ -73,6 +74,7 @@ func newFlagSet(o *options) *pflag.FlagSet {
 	fs.Var(&sizeValue{&o.sendBuffer}, "send-buffer", "socket send buffer per thread, in `bytes` (0 keeps the kernel default)")
 	fs.StringVar(&o.logFormat, "log-format", "console", "log `format`: console or json")
 	fs.DurationVar(&o.statsInterval, "stats-interval", time.Minute, "interval between rate summaries in the log (0 disables them)")
+	fs.Var(&optionalAddressValue{addressValue{&o.metricsAddress, "", "127.0.0.1:9123"}}, "metrics-address", "serve Prometheus metrics at /metrics and health at /healthz on this `address:port` (off by default)")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
 	return fs
 }
@@ -184,6 +186,16 @@ func (v *addressValue) Set(s string) error {
 	}
 	*v.ap = ap
 	return nil
+}
+
+// optionalAddressValue is an address flag whose zero value means off.
+type optionalAddressValue struct{ addressValue }
+
+func (v *optionalAddressValue) String() string {
+	if !v.ap.IsValid() {
+		return ""
+	}
+	return v.ap.String()
 }
 
 // pathValue is the --io-path flag.

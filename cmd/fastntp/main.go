@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"runtime"
@@ -122,6 +123,14 @@ func serve(ctx context.Context, o *options, logger *zap.Logger, hup <-chan os.Si
 		return err
 	}
 	reserveProcs(srv)
+	var monitorListener net.Listener
+	if o.metricsAddress.IsValid() {
+		// Bound before privileges are dropped, like the NTP sockets.
+		if monitorListener, err = listenMonitor(o.metricsAddress); err != nil {
+			srv.Close()
+			return err
+		}
+	}
 	logStart(logger, o, srv)
 	if err := dropPrivileges(o.user, o.root); err != nil {
 		return fmt.Errorf("drop privileges: %w", err)
@@ -158,11 +167,24 @@ func serve(ctx context.Context, o *options, logger *zap.Logger, hup <-chan os.Si
 			}
 		}
 	})
+	var monitorErr error
+	if monitorListener != nil {
+		wg.Go(func() {
+			if monitorErr = serveMonitor(ctx, monitorListener, srv, poller); monitorErr != nil {
+				cancel()
+			}
+		})
+		logger.Info("serving metrics and health", zap.String("address", "http://"+o.metricsAddress.String()),
+			zap.Strings("paths", []string{"/metrics", "/healthz"}))
+	}
+	wg.Go(func() { feedWatchdog(ctx, srv, logger) })
+	notifyReady(logger)
 	serveErr := srv.Serve(ctx)
+	notifyStopping()
 	cancel()
 	wg.Wait()
 	logger.Info("stopped", countersFields(srv.Counters())...)
-	return errors.Join(serveErr, pollErr)
+	return errors.Join(serveErr, pollErr, monitorErr)
 }
 
 // reserveProcs gives the Go scheduler one P more than there are workers on
@@ -196,12 +218,9 @@ func statusFields(srv *responder.Server, src responder.Source) []zap.Field {
 // syncFields describe the state served at now: synchronized, with the
 // backend's measured offset, or why not.
 func syncFields(snap *upstream.Snapshot, now time.Time) []zap.Field {
-	if snap.Valid(now) {
+	synchronized, cause, reason := snap.Status(now)
+	if synchronized {
 		return []zap.Field{zap.Bool("synchronized", true), zap.Duration("offset", snap.Offset), zap.Duration("delay", snap.Delay)}
-	}
-	cause, reason := snap.Cause, snap.Reason
-	if snap.Synchronized {
-		cause, reason = upstream.CauseNoAnswer, "the last valid answer is too old"
 	}
 	return []zap.Field{zap.Bool("synchronized", false), zap.Stringer("cause", cause), zap.String("reason", reason)}
 }

@@ -412,7 +412,8 @@ func TestSystemdUnit(t *testing.T) {
 	if o.explicitIPv6 {
 		t.Errorf("ExecStart %v makes IPv6 required: a host without it would fail to start", exec)
 	}
-	for _, want := range []string{"Wants=network-online.target", "After=network-online.target", "Restart=on-failure", "kill -HUP"} {
+	for _, want := range []string{"Wants=network-online.target", "After=network-online.target", "Restart=on-failure", "kill -HUP",
+		"Type=notify", "WatchdogSec="} {
 		if !strings.Contains(string(unit), want) {
 			t.Errorf("unit lacks %q", want)
 		}

@@ -12,6 +12,8 @@ BENCH_MIN_VS_UNBATCHED      ?= 1.6
 BENCH_MIN_PEAK_VS_C         ?= 0.7
 BENCH_MAX_CPU_VS_C          ?= 1.8
 BENCH_MAX_TX_P99_VS_CHRONYD ?= 25
+BENCH_MAX_VS_RATELIMITED    ?= 2
+BENCH_MIN_CPU_VS_RATELIMITED ?= 0.75
 # Debian packages the tests run for real: the backend, NTP clients, netns,
 # and Prometheus (a server scraping fastntp, promtool for the alert rules).
 TEST_DEPS := chronyd:chrony ntpdig:ntpsec-ntpdig sntp:sntp ip:iproute2 prometheus:prometheus promtool:prometheus
@@ -74,6 +76,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseControl$$' -fuzztime $(FUZZTIME) ./batch
 	$(GO) test -run '^$$' -fuzz '^FuzzParseAnswer$$' -fuzztime $(FUZZTIME) ./upstream
 	$(GO) test -run '^$$' -fuzz '^FuzzParsers$$' -fuzztime $(FUZZTIME) ./bench
+	$(GO) test -run '^$$' -fuzz '^FuzzParseNetwork$$' -fuzztime $(FUZZTIME) ./cmd/fastntp
 
 # The alert rules an operator drops into Prometheus, against their tests.
 alerts:
@@ -88,7 +91,8 @@ clean:
 	rm -rf $(BIN)
 
 # bench-check is CI's throughput and accuracy regression check: fastntp as
-# shipped against its unbatched self, the C reference responder
+# shipped against itself with rate limiting and access rules, its unbatched
+# self, the C reference responder
 # (bench/testdata/ntpresp.c, recvmmsg/sendmmsg and nothing else) and
 # chronyd, each server pinned to CPU 1 with half of it (a cgroup quota) so
 # that the servers, not the generator on CPU 0, saturate. After each ramp
@@ -97,6 +101,9 @@ clean:
 # only when fastntp falls below the margins, chosen from measurements
 # (docs/benchmarking.md).
 BENCH_FASTNTP = $(CURDIR)/$(BIN)/fastntp -a 127.0.0.1:{port} -6 0 -s {addr:chronyd} --stats-interval 0
+# Rate limiting and 100 deny rules, with a limit the generator's clients
+# stay under: every request is checked, and answered.
+BENCH_RATELIMIT = --ratelimit-interval -19 --ratelimit-burst 255 $(foreach i,$(shell seq 0 99),--deny 10.$(i).0.0/16)
 BENCH_C       = $(CURDIR)/$(BIN)/ntpresp -a 127.0.0.1 -p {port} -t 1 -b 64 -k
 bench-check: build $(BIN)/ntpresp
 	mkdir -p bench-results
@@ -105,6 +112,7 @@ bench-check: build $(BIN)/ntpresp
 		--point 20000 --point 150000 --point 50% --point 90% \
 		--bench-cpus 0 --target-cpus 1 --target-cpu-quota 0.5 \
 		--target 'fastntp=exec:$(BENCH_FASTNTP)' \
+		--target 'ratelimited=exec:$(BENCH_FASTNTP) $(BENCH_RATELIMIT)' \
 		--target 'unbatched=exec:$(BENCH_FASTNTP) --batch-size 1' \
 		--target 'c=exec:$(BENCH_C)' \
 		--target 'chronyd=chronyd' \
@@ -112,6 +120,8 @@ bench-check: build $(BIN)/ntpresp
 		--require 'cpu@20000<=$(BENCH_MAX_CPU_VS_C)*c' \
 		--require 'peak>=$(BENCH_MIN_VS_CHRONYD)*chronyd' \
 		--require 'peak>=$(BENCH_MIN_VS_UNBATCHED)*unbatched' \
+		--require 'peak<=$(BENCH_MAX_VS_RATELIMITED)*ratelimited' \
+		--require 'cpu@50%>=$(BENCH_MIN_CPU_VS_RATELIMITED)*ratelimited' \
 		--require 'txp99@50%<=$(BENCH_MAX_TX_P99_VS_CHRONYD)*chronyd' \
 		--json-out bench-results/bench-check.json --plot bench-results/bench-check.png
 

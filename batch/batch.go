@@ -153,12 +153,21 @@ var ErrFastPathUnavailable = errors.New("batch: the recvmmsg/sendmmsg path is on
 // buffers inside the CPU cache.
 const DefaultBatchSize = 64
 
+// maxSteerGroup bounds SteerGroup: far more sockets than any host has
+// cores to serve them.
+const maxSteerGroup = 4096
+
 // Config configures Listen.
 type Config struct {
 	// Address is the local address to bind. Every socket is opened with
-	// SO_REUSEPORT, so several Conns can share one address and the kernel
-	// spreads datagrams over them by flow.
+	// SO_REUSEPORT, unless Exclusive, so several Conns can share one
+	// address and the kernel spreads datagrams over them by flow.
 	Address netip.AddrPort
+	// Exclusive opens the socket without SO_REUSEPORT, so that no other
+	// socket shares its address. A client socket bound to port 0 needs it:
+	// Linux may give two SO_REUSEPORT sockets the same ephemeral port, and
+	// then hands one's datagrams to the other.
+	Exclusive bool
 	// Path selects the implementation. The zero value is PathAuto.
 	Path Path
 	// BatchSize is the most datagrams one call moves. If zero,
@@ -167,6 +176,11 @@ type Config struct {
 	// ReceiveBuffer and SendBuffer request socket buffer sizes in bytes. If
 	// zero, the kernel's defaults stay.
 	ReceiveBuffer, SendBuffer int
+	// SteerGroup, if above 1, is how many sockets share Address. The group
+	// then hands every datagram to the socket SteerIndex picks from its
+	// source address alone, so that all of one client's datagrams, from
+	// whatever port, reach the same socket. Only Linux can steer.
+	SteerGroup int
 }
 
 // Info describes an open Conn.
@@ -197,6 +211,9 @@ func Listen(cfg Config) (Conn, error) {
 	}
 	if cfg.ReceiveBuffer < 0 || cfg.SendBuffer < 0 {
 		return nil, errors.New("batch: negative socket buffer size")
+	}
+	if cfg.SteerGroup < 0 || cfg.SteerGroup > maxSteerGroup {
+		return nil, fmt.Errorf("batch: steering group of %d out of range 0..%d", cfg.SteerGroup, maxSteerGroup)
 	}
 	// Unmapping keeps an IPv4 address in an IPv6 form on an IPv4 socket.
 	cfg.Address = netip.AddrPortFrom(cfg.Address.Addr().Unmap(), cfg.Address.Port())

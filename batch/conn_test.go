@@ -189,6 +189,24 @@ func TestReusePortSharesAddress(t *testing.T) {
 	listen(t, Config{Address: first.LocalAddr(), Path: PathFast})
 }
 
+// Linux may give two SO_REUSEPORT sockets bound to port 0 the same port
+// (here, about one in twenty), which Exclusive sockets never share.
+func TestExclusivePorts(t *testing.T) {
+	seen := map[netip.AddrPort]bool{}
+	for range 1000 {
+		c := listen(t, Config{Address: netip.MustParseAddrPort("127.0.0.1:0"), Exclusive: true})
+		if seen[c.LocalAddr()] {
+			t.Fatalf("two exclusive sockets on %v", c.LocalAddr())
+		}
+		seen[c.LocalAddr()] = true
+	}
+	held := listen(t, Config{Address: netip.MustParseAddrPort("127.0.0.1:0")})
+	if c, err := Listen(Config{Address: held.LocalAddr(), Exclusive: true}); err == nil {
+		c.Close()
+		t.Errorf("an exclusive socket shares %v", held.LocalAddr())
+	}
+}
+
 func TestListenRejectsBadConfig(t *testing.T) {
 	for _, cfg := range []Config{
 		{},
@@ -196,6 +214,8 @@ func TestListenRejectsBadConfig(t *testing.T) {
 		{Address: netip.MustParseAddrPort("127.0.0.1:0"), BatchSize: 5000},
 		{Address: netip.MustParseAddrPort("127.0.0.1:0"), ReceiveBuffer: -1},
 		{Address: netip.MustParseAddrPort("127.0.0.1:0"), Path: 9},
+		{Address: netip.MustParseAddrPort("127.0.0.1:0"), SteerGroup: -1},
+		{Address: netip.MustParseAddrPort("127.0.0.1:0"), SteerGroup: 5000},
 	} {
 		if c, err := Listen(cfg); err == nil {
 			c.Close()

@@ -86,8 +86,10 @@ func putSource(oob []byte, local netip.Addr, iface uint32) int {
 // are required: without them the workers cannot share the address, or an
 // IPv6 socket would take IPv4 traffic meant for the IPv4 workers.
 func configure(fd int, cfg Config, info *Info) error {
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
-		return os.NewSyscallError("setsockopt SO_REUSEPORT", err)
+	if !cfg.Exclusive {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			return os.NewSyscallError("setsockopt SO_REUSEPORT", err)
+		}
 	}
 	v6 := cfg.Address.Addr().Is6()
 	if v6 {

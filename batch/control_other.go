@@ -32,8 +32,10 @@ func enableTimestamps(int) bool { return false }
 func putSource([]byte, netip.Addr, uint32) int { return 0 }
 
 func configure(fd int, cfg Config, info *Info) error {
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
-		return os.NewSyscallError("setsockopt SO_REUSEPORT", err)
+	if !cfg.Exclusive {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			return os.NewSyscallError("setsockopt SO_REUSEPORT", err)
+		}
 	}
 	if cfg.Address.Addr().Is6() {
 		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1); err != nil {

@@ -86,6 +86,12 @@ func listenFast(cfg Config) (Conn, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("bind %s: %w", cfg.Address, os.NewSyscallError("bind", err))
 	}
+	if cfg.SteerGroup > 1 {
+		if err := steer(fd, cfg); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("listen %s: %w", cfg.Address, err)
+		}
+	}
 	sa, err := unix.Getsockname(fd)
 	if err != nil {
 		unix.Close(fd)

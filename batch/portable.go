@@ -57,6 +57,12 @@ func listenPortable(cfg Config) (Conn, error) {
 		return nil, fmt.Errorf("bind %s: %w", cfg.Address, err)
 	}
 	c.udp = pc.(*net.UDPConn)
+	if cfg.SteerGroup > 1 {
+		if err := steerConn(c.udp, cfg); err != nil {
+			c.udp.Close()
+			return nil, fmt.Errorf("listen %s: %w", cfg.Address, err)
+		}
+	}
 	c.local = c.udp.LocalAddr().(*net.UDPAddr).AddrPort()
 	if network == "udp4" {
 		c.batch = ipv4.NewPacketConn(c.udp)
@@ -144,4 +150,17 @@ func (c *portableConn) WriteBatch(msgs []Message) (int, error) {
 		msgs = msgs[n:]
 	}
 	return total, nil
+}
+
+// steerConn attaches the steering program to a bound socket of Go's.
+func steerConn(conn *net.UDPConn, cfg Config) error {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var steerErr error
+	if err := raw.Control(func(fd uintptr) { steerErr = steer(int(fd), cfg) }); err != nil {
+		return err
+	}
+	return steerErr
 }

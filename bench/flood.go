@@ -136,6 +136,7 @@ func NewFlooder(cfg FloodConfig) (*Flooder, error) {
 	for i := range cfg.Clients {
 		conn, err := batch.Listen(batch.Config{
 			Address:       sourceAddress(cfg, i),
+			Exclusive:     true, // or two clients may get one port, and each other's replies
 			Path:          cfg.Path,
 			BatchSize:     max(cfg.BatchSize, 64),
 			ReceiveBuffer: 4 << 20,

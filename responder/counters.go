@@ -20,6 +20,10 @@ const (
 	DroppedAuth
 	DroppedTruncated
 	DroppedSourcePort
+	DroppedDenied
+	DroppedRateLimited
+	KoDSent
+	ClientEvictions
 	SendErrors
 	ReadErrors
 	MissingTimestamps
@@ -43,6 +47,10 @@ var counterInfo = [NumCounters]struct {
 	DroppedAuth:        {"dropped_authenticated", true, "requests with a MAC or NTS fields, which fastntp cannot answer"},
 	DroppedTruncated:   {"dropped_truncated", true, "datagrams longer than the receive buffer"},
 	DroppedSourcePort:  {"dropped_source_port", true, "requests from port 0, which no reply can reach"},
+	DroppedDenied:      {"dropped_denied", true, "requests from addresses the access rules deny"},
+	DroppedRateLimited: {"dropped_rate_limited", true, "requests over their address's rate limit, dropped"},
+	KoDSent:            {"kod_sent", false, "requests over their address's rate limit, answered with a RATE kiss-o'-death"},
+	ClientEvictions:    {"client_records_evicted", false, "rate-limit records forgotten to make room for new addresses"},
 	SendErrors:         {"send_errors", false, "replies the kernel refused"},
 	ReadErrors:         {"read_errors", false, "failed receive calls (not datagrams)"},
 	MissingTimestamps:  {"missing_timestamps", false, "requests without a kernel receive timestamp"},

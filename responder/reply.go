@@ -10,13 +10,14 @@ import (
 
 // minPoll is the lowest poll exponent a reply carries. chronyd answers with
 // the larger of the request's poll and its rate-limiting interval, whose
-// least value is 2^-19 s; fastntp, which does not limit, keeps the floor so
-// that its replies are chronyd's.
-const minPoll = -19
+// least value is 2^-19 s; so does fastntp, with this floor when it does not
+// limit.
+const minPoll = MinRateLimitInterval
 
 // replyTemplate holds the reply fields that are the same for every reply of
 // a batch, prepared once per batch from one Snapshot.
 type replyTemplate struct {
+	pollRaise     int8 // the rate limit's interval above minPoll, or 0
 	snapshot      *upstream.Snapshot
 	valid         bool
 	leap          uint8
@@ -34,7 +35,7 @@ func (h *replyTemplate) prepare(s *upstream.Snapshot, now time.Time) {
 	if !h.valid {
 		// Stale or unsynchronized: chronyd's unsynchronized form, never
 		// the last state as if it were current.
-		*h = replyTemplate{snapshot: s, leap: ntp.LeapUnsynchronized, precision: s.Precision, rootDelay: 1 << 16}
+		*h = replyTemplate{pollRaise: h.pollRaise, snapshot: s, leap: ntp.LeapUnsynchronized, precision: s.Precision, rootDelay: 1 << 16}
 		return
 	}
 	h.leap = s.LeapAt(now)
@@ -63,7 +64,7 @@ func (h *replyTemplate) build(b []byte, mode uint8, received ntp.Time64) int {
 	// before anything overwrites it.
 	copy(b[24:32], b[40:48])
 	// Poll (b[2]) stays as the client sent it, raised to chronyd's floor.
-	b[2] = byte(max(int8(b[2]), minPoll))
+	b[2] = byte(max(int8(b[2]), minPoll+h.pollRaise))
 	b[0] = ntp.LeapVersionMode(h.leap, version, mode)
 	b[1] = h.stratum
 	b[3] = byte(h.precision)
@@ -72,6 +73,19 @@ func (h *replyTemplate) build(b []byte, mode uint8, received ntp.Time64) int {
 	binary.BigEndian.PutUint64(b[16:], uint64(h.referenceTime))
 	binary.BigEndian.PutUint64(b[32:], uint64(received))
 	return ntp.HeaderSize
+}
+
+// kissRate is the kiss code of a rate-limited client, "RATE".
+const kissRate = 0x52415445
+
+// buildKoD turns the request in b into chronyd's RATE kiss-o'-death: a
+// reply whose leap is 3, stratum 0 and reference ID the kiss code.
+func (h *replyTemplate) buildKoD(b []byte, mode uint8, received ntp.Time64) int {
+	n := h.build(b, mode, received)
+	b[0] = ntp.LeapVersionMode(ntp.LeapUnsynchronized, b[0]>>3&7, mode)
+	b[1] = 0
+	binary.BigEndian.PutUint32(b[12:], kissRate)
+	return n
 }
 
 // stamp writes the root dispersion and transmit timestamp of a reply.

@@ -62,6 +62,11 @@ type Config struct {
 	// Logger receives the start-up summary and, at debug level, a line per
 	// request. If nil, nothing is logged.
 	Logger *zap.Logger
+	// RateLimit, if not nil, limits the responses to each client address
+	// (see RateLimit). Its memory is shared out among the workers.
+	RateLimit *RateLimit
+	// Access, if not nil, decides which client addresses are served.
+	Access *AccessList
 
 	// listen opens one worker's socket; tests replace it to inject faults.
 	// If nil, batch.Listen.
@@ -96,6 +101,11 @@ func Listen(cfg Config) (*Server, error) {
 	if cfg.listen == nil {
 		cfg.listen = batch.Listen
 	}
+	if cfg.RateLimit != nil {
+		if err := cfg.RateLimit.Validate(); err != nil {
+			return nil, fmt.Errorf("responder: %w", err)
+		}
+	}
 	s := &Server{cfg: cfg}
 	for _, l := range cfg.Listeners {
 		if l.Workers < 0 {
@@ -118,6 +128,19 @@ func Listen(cfg Config) (*Server, error) {
 	if len(s.workers) == 0 {
 		return nil, errors.New("responder: no listener has workers")
 	}
+	if cfg.RateLimit != nil {
+		// Each worker owns the records of the addresses steered to it.
+		memory := cfg.RateLimit.Memory / len(s.workers)
+		for _, w := range s.workers {
+			t, err := newClientTable(*cfg.RateLimit, max(memory, minClientMemory))
+			if err != nil {
+				s.close()
+				return nil, fmt.Errorf("responder: %w", err)
+			}
+			w.limiter = t
+			w.template.pollRaise = int8(cfg.RateLimit.Interval - minPoll)
+		}
+	}
 	return s, nil
 }
 
@@ -131,6 +154,12 @@ func (s *Server) listen(l Listener) ([]*worker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("responder: %w", err)
 	}
+	steer := 0
+	if s.cfg.RateLimit != nil {
+		// One worker owns each client's rate-limit record, without locks,
+		// because every request from the client reaches that worker.
+		steer = l.Workers
+	}
 	var ws []*worker
 	for i := range l.Workers {
 		conn, err := s.cfg.listen(batch.Config{
@@ -139,6 +168,7 @@ func (s *Server) listen(l Listener) ([]*worker, error) {
 			BatchSize:     s.cfg.BatchSize,
 			ReceiveBuffer: s.cfg.ReceiveBuffer,
 			SendBuffer:    s.cfg.SendBuffer,
+			SteerGroup:    steer,
 		})
 		if err != nil {
 			for _, w := range ws {
@@ -275,6 +305,8 @@ type worker struct {
 	// batchStart is when the last batch was read.
 	batchStart time.Time
 	sendCosts  sendCosts
+	access     *AccessList
+	limiter    *clientTable // nil without rate limiting
 }
 
 // yieldInterval is how often a worker passes through the scheduler: well
@@ -286,6 +318,7 @@ func newWorker(conn batch.Conn, cfg Config) *worker {
 		conn:   conn,
 		source: cfg.Source,
 		msgs:   batch.NewMessages(cfg.BatchSize, maxRequestSize),
+		access: cfg.Access,
 		logger: cfg.Logger,
 		debug:  cfg.Logger.Core().Enabled(zap.DebugLevel),
 	}
@@ -340,10 +373,15 @@ func (w *worker) serveBatch(n int) error {
 	now := time.Now()
 	w.batchStart = now
 	w.template.prepare(w.source.Load(), now)
-	replies := 0
+	replies, kods := 0, 0
 	for i := range n {
 		m := &w.msgs[i]
-		if v := w.handle(m, now); v != Replied {
+		v := w.handle(m, now)
+		switch v {
+		case KoDSent:
+			kods++
+		case Replied:
+		default:
 			w.batch[v]++
 			continue
 		}
@@ -354,8 +392,14 @@ func (w *worker) serveBatch(n int) error {
 	w.batch[Received] += uint64(n)
 
 	sent, err := w.sendReplies(replies)
-	w.batch[Replied] += uint64(sent)
+	// Refused sends are counted as errors, not as kiss-o'-death or replies.
+	w.batch[KoDSent] += uint64(min(kods, sent))
+	w.batch[Replied] += uint64(sent - min(kods, sent))
 	w.batch[SendErrors] += uint64(replies - sent)
+	if w.limiter != nil {
+		w.batch[ClientEvictions] += w.limiter.evictions
+		w.limiter.evictions = 0
+	}
 	w.counters.add(&w.batch)
 	return err
 }
@@ -375,6 +419,10 @@ func (w *worker) handle(m *batch.Message, now time.Time) Counter {
 		w.logDrop(m, v)
 		return v
 	}
+	if w.access != nil && !w.access.Allowed(m.Peer.Addr()) {
+		w.logDrop(m, DroppedDenied)
+		return DroppedDenied
+	}
 	received := m.Received
 	if received.IsZero() {
 		// The kernel attached no timestamp (the socket could not enable
@@ -382,6 +430,17 @@ func (w *worker) handle(m *batch.Message, now time.Time) Counter {
 		// the closest honest substitute, and the counter says it happened.
 		w.batch[MissingTimestamps]++
 		received = now
+	}
+	if w.limiter != nil {
+		switch w.limiter.check(m.Peer.Addr(), received) {
+		case limitDrop:
+			w.logDrop(m, DroppedRateLimited)
+			return DroppedRateLimited
+		case limitKoD:
+			m.N = w.template.buildKoD(m.Buffer, mode, ntp.TimeFrom(received))
+			w.logDrop(m, KoDSent)
+			return KoDSent
+		}
 	}
 	m.N = w.template.build(m.Buffer, mode, ntp.TimeFrom(received))
 	if w.debug {

@@ -220,17 +220,32 @@ func TestServeAllocations(t *testing.T) {
 	if raceEnabled {
 		t.Skip("allocation counts are checked by the run without -race")
 	}
+	// With rate limiting and an access list the hot path allocates no more.
+	access, err := NewAccessList(manyRules(1000))
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
-		path batch.Path
-		max  float64
-	}{{batch.PathFast, 0}, {batch.PathPortable, 2}} {
-		t.Run(tc.path.String(), func(t *testing.T) {
+		path     batch.Path
+		defenses bool
+		max      float64
+	}{{batch.PathFast, false, 0}, {batch.PathPortable, false, 2}, {batch.PathFast, true, 0}, {batch.PathPortable, true, 2}} {
+		t.Run(fmt.Sprintf("%v/defenses=%v", tc.path, tc.defenses), func(t *testing.T) {
 			conn, err := batch.Listen(batch.Config{Address: netip.MustParseAddrPort("0.0.0.0:0"), Path: tc.path})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer conn.Close()
 			w := newWorker(conn, Config{Source: newStaticSource(freshSnapshot()), BatchSize: 8, Logger: nopLogger})
+			if tc.defenses {
+				// A limit the client stays under, so that every request
+				// is answered.
+				limit := RateLimit{Interval: MinRateLimitInterval, Burst: 255, Leak: 2, Memory: 1 << 20}
+				if w.limiter, err = newClientTable(limit, limit.Memory); err != nil {
+					t.Fatal(err)
+				}
+				w.access = access
+			}
 			client, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(
 				netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), conn.LocalAddr().Port())))
 			if err != nil {
@@ -332,22 +347,38 @@ func TestAgainstChronyd(t *testing.T) {
 // off. The client keeps a window of requests in flight and sends a new
 // request for every Replied, in batches, so it does no more work per packet
 // than the server; on a 2-core machine each gets a core.
+//
+// The defenses variant adds what a public server may turn on: rate limiting
+// with a limit the client stays under (so that every request is checked and
+// answered) and 10,000 access rules.
 func BenchmarkThroughput(b *testing.B) {
 	for _, path := range []batch.Path{batch.PathFast, batch.PathPortable} {
 		for _, size := range []int{batch.DefaultBatchSize, 1} {
 			b.Run(fmt.Sprintf("path=%v/batch=%d", path, size), func(b *testing.B) {
-				benchmarkThroughput(b, path, size)
+				benchmarkThroughput(b, Config{Path: path, BatchSize: size})
 			})
 		}
 	}
+	access, err := NewAccessList(manyRules(10000))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("path=fast/batch=64/defenses", func(b *testing.B) {
+		benchmarkThroughput(b, Config{Path: batch.PathFast, BatchSize: batch.DefaultBatchSize, Access: access,
+			RateLimit: &RateLimit{Interval: MinRateLimitInterval, Burst: 255, Leak: 2, Memory: 1 << 20}})
+	})
 }
 
-func benchmarkThroughput(b *testing.B, path batch.Path, size int) {
+// benchmarkThroughput measures a one-worker server configured as cfg.
+func benchmarkThroughput(b *testing.B, cfg Config) {
 	const window = 256
-	src := newStaticSource(freshSnapshot())
-	srv := startServer(b, Config{Listeners: loopbackListeners(1)[:1], Source: src, Path: path,
-		BatchSize: size, ReceiveBuffer: 4 << 20})
-	client, err := batch.Listen(batch.Config{Address: netip.MustParseAddrPort("127.0.0.1:0"), ReceiveBuffer: 4 << 20})
+	cfg.Listeners = loopbackListeners(1)[:1]
+	cfg.Source = newStaticSource(freshSnapshot())
+	cfg.ReceiveBuffer = 4 << 20
+	srv := startServer(b, cfg)
+	// Exclusive: a SO_REUSEPORT client socket could be given the server's
+	// port and join its group.
+	client, err := batch.Listen(batch.Config{Address: netip.MustParseAddrPort("127.0.0.1:0"), ReceiveBuffer: 4 << 20, Exclusive: true})
 	if err != nil {
 		b.Fatal(err)
 	}

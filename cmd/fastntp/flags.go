@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/fastntp/fastntp/batch"
+	"github.com/fastntp/fastntp/responder"
 	"github.com/fastntp/fastntp/upstream"
 )
 
@@ -32,6 +34,9 @@ type options struct {
 	logFormat                 string
 	statsInterval             time.Duration
 	metricsAddress            netip.AddrPort
+	// rateLimit is nil unless --ratelimit or one of its settings is given.
+	rateLimit *responder.RateLimit
+	access    []responder.AccessRule
 }
 
 const usageHeader = `Usage: fastntp [options]
@@ -43,8 +48,14 @@ short forms and meanings.
 Options:
 `
 
-// newFlagSet defines the options into o, with their defaults.
-func newFlagSet(o *options) *pflag.FlagSet {
+// rateLimitFlags are the settings of --ratelimit, each of which turns rate
+// limiting on.
+var rateLimitFlags = []string{"ratelimit-interval", "ratelimit-burst", "ratelimit-leak", "ratelimit-kod", "ratelimit-memory"}
+
+// newFlagSet defines the options into o, with their defaults. The rate
+// limit's settings go to limit, which parseFlags hands to o if rate
+// limiting is on.
+func newFlagSet(o *options, limit *responder.RateLimit) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("fastntp", pflag.ContinueOnError)
 	fs.SortFlags = false
 	// Parse returns errors; run prints them once, with a pointer to --help.
@@ -55,6 +66,8 @@ func newFlagSet(o *options) *pflag.FlagSet {
 	o.ipv6Address = netip.MustParseAddrPort("[::]:123")
 	o.server = netip.MustParseAddrPort("127.0.0.1:11123")
 	o.receiveBuffer = 4 << 20
+	*limit = responder.DefaultRateLimit()
+	var rateLimit bool
 
 	fs.IntVarP(&o.ipv4Threads, "ipv4-threads", "4", 1, "number `N` of IPv4 threads (0 disables IPv4)")
 	fs.IntVarP(&o.ipv6Threads, "ipv6-threads", "6", 1, "number `N` of IPv6 threads (0 disables IPv6)")
@@ -75,20 +88,29 @@ func newFlagSet(o *options) *pflag.FlagSet {
 	fs.StringVar(&o.logFormat, "log-format", "console", "log `format`: console or json")
 	fs.DurationVar(&o.statsInterval, "stats-interval", time.Minute, "interval between rate summaries in the log (0 disables them)")
 	fs.Var(&optionalAddressValue{addressValue{&o.metricsAddress, "", "127.0.0.1:9123"}}, "metrics-address", "serve Prometheus metrics at /metrics and health at /healthz on this `address:port` (off by default)")
+	fs.BoolVar(&rateLimit, "ratelimit", false, "limit the responses to each client address as chronyd's ratelimit does (off by default; each setting below turns it on)")
+	fs.IntVar(&limit.Interval, "ratelimit-interval", limit.Interval, "least mean interval between responses to one address, as a power of 2 in seconds, `N` (-19..12)")
+	fs.IntVar(&limit.Burst, "ratelimit-burst", limit.Burst, "responses one address may get back to back, `N` (1..255)")
+	fs.IntVar(&limit.Leak, "ratelimit-leak", limit.Leak, "answer one in 2^`N` limited requests anyway, so that a spoofed client is never cut off (1..4)")
+	fs.IntVar(&limit.KoD, "ratelimit-kod", limit.KoD, "answer one in 2^`N` of the other limited requests with a RATE kiss-o'-death (1..4; 0 drops them all)")
+	fs.Var(&sizeValue{&limit.Memory}, "ratelimit-memory", "memory for the client records, in `bytes`, shared by the threads (chronyd's clientloglimit)")
+	fs.Var(&accessValue{&o.access, true}, "allow", "serve only the clients in `CIDR` and in other --allow networks; repeatable, the most specific rule wins")
+	fs.Var(&accessValue{&o.access, false}, "deny", "drop the requests of the clients in `CIDR`; repeatable, the most specific rule wins")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
 	return fs
 }
 
 // usage returns the help text.
 func usage() string {
-	return usageHeader + strings.TrimRight(newFlagSet(&options{}).FlagUsagesWrapped(100), "\n") + "\n"
+	return usageHeader + strings.TrimRight(newFlagSet(&options{}, &responder.RateLimit{}).FlagUsagesWrapped(100), "\n") + "\n"
 }
 
 // parseFlags parses the command line. Asking for help or the version is not
 // an error: the caller checks o.help and o.showVersion first.
 func parseFlags(args []string) (*options, error) {
 	o := &options{}
-	fs := newFlagSet(o)
+	var limit responder.RateLimit
+	fs := newFlagSet(o, &limit)
 	if err := checkDashes(fs, args); err != nil {
 		return nil, err
 	}
@@ -130,7 +152,34 @@ func parseFlags(args []string) (*options, error) {
 	case o.root != "" && o.user == "":
 		return nil, errors.New("-r/--root needs -u/--user: a process that stays root can leave a chroot")
 	}
+	if on, _ := fs.GetBool("ratelimit"); on || slices.ContainsFunc(rateLimitFlags, fs.Changed) {
+		if err := checkRateLimit(limit); err != nil {
+			return nil, err
+		}
+		o.rateLimit = &limit
+	}
 	return o, nil
+}
+
+// checkRateLimit reports a rate-limit setting out of range, by its flag.
+func checkRateLimit(r responder.RateLimit) error {
+	for _, f := range []struct {
+		flag      string
+		v, lo, hi int
+	}{
+		{"ratelimit-interval", r.Interval, responder.MinRateLimitInterval, responder.MaxRateLimitInterval},
+		{"ratelimit-burst", r.Burst, 1, 255},
+		{"ratelimit-leak", r.Leak, 1, 4},
+		{"ratelimit-kod", r.KoD, 0, 4},
+	} {
+		if f.v < f.lo || f.v > f.hi {
+			return fmt.Errorf("--%s: %d is out of range %d..%d", f.flag, f.v, f.lo, f.hi)
+		}
+	}
+	if err := r.Validate(); err != nil {
+		return fmt.Errorf("--ratelimit-memory: %w", err)
+	}
+	return nil
 }
 
 // checkDashes catches a long option written with one dash, which GNU-style
@@ -251,4 +300,48 @@ func (v *sizeValue) Set(s string) error {
 	}
 	*v.n = int(n << shift)
 	return nil
+}
+
+// accessValue is --allow or --deny. Both append to one list, so that the
+// rules keep their command-line order: a later rule for the same network
+// replaces an earlier one.
+type accessValue struct {
+	rules *[]responder.AccessRule
+	allow bool
+}
+
+func (v *accessValue) Type() string { return "CIDR" }
+
+func (v *accessValue) String() string { return "" }
+
+func (v *accessValue) Set(s string) error {
+	prefixes, err := parseNetwork(s)
+	if err != nil {
+		return err
+	}
+	for _, p := range prefixes {
+		*v.rules = append(*v.rules, responder.AccessRule{Prefix: p, Allow: v.allow})
+	}
+	return nil
+}
+
+// parseNetwork reads a network as chronyd's allow and deny do: an address
+// with a prefix length (192.0.2.0/24, 2001:db8::/32), an address alone for
+// that host, or all for every address of both families.
+func parseNetwork(s string) ([]netip.Prefix, error) {
+	if s == "all" {
+		return []netip.Prefix{netip.PrefixFrom(netip.IPv4Unspecified(), 0), netip.PrefixFrom(netip.IPv6Unspecified(), 0)}, nil
+	}
+	if !strings.Contains(s, "/") {
+		addr, err := netip.ParseAddr(s)
+		if err != nil || addr.Zone() != "" {
+			return nil, errors.New("want a network such as 192.0.2.0/24 or 2001:db8::/32, an address, or all")
+		}
+		return []netip.Prefix{netip.PrefixFrom(addr, addr.BitLen())}, nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return nil, errors.New("want a network such as 192.0.2.0/24 or 2001:db8::/32, an address, or all")
+	}
+	return []netip.Prefix{p}, nil
 }

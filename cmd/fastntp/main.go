@@ -107,6 +107,12 @@ func serve(ctx context.Context, o *options, logger *zap.Logger, hup <-chan os.Si
 	if err != nil {
 		return err
 	}
+	var access *responder.AccessList
+	if len(o.access) > 0 {
+		if access, err = responder.NewAccessList(o.access); err != nil {
+			return err
+		}
+	}
 	srv, err := responder.Listen(responder.Config{
 		Listeners: []responder.Listener{
 			{Address: o.ipv4Address, Workers: o.ipv4Threads},
@@ -118,6 +124,8 @@ func serve(ctx context.Context, o *options, logger *zap.Logger, hup <-chan os.Si
 		ReceiveBuffer: o.receiveBuffer,
 		SendBuffer:    o.sendBuffer,
 		Logger:        logger,
+		RateLimit:     o.rateLimit,
+		Access:        access,
 	})
 	if err != nil {
 		return err
@@ -242,7 +250,16 @@ func logStart(logger *zap.Logger, o *options, srv *responder.Server) {
 		zap.Stringer("backend", o.server),
 		zap.Duration("poll_interval", o.pollInterval),
 		zap.Duration("max_age", o.maxAge),
-		zap.Duration("max_offset", o.maxOffset))
+		zap.Duration("max_offset", o.maxOffset),
+		zap.Int("access_rules", len(o.access)))
+	if r := o.rateLimit; r != nil {
+		logger.Info("rate limiting",
+			zap.Int("interval", r.Interval),
+			zap.Int("burst", r.Burst),
+			zap.Int("leak", r.Leak),
+			zap.Int("kod", r.KoD),
+			zap.Int("memory", r.Memory))
+	}
 	// What the kernel granted, once per address: every socket of an address
 	// is opened alike.
 	for i, s := range sockets {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"math"
 	"net/netip"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,6 +25,7 @@ import (
 	"github.com/fastntp/fastntp/bench"
 	"github.com/fastntp/fastntp/internal/chronytest"
 	"github.com/fastntp/fastntp/internal/ntp"
+	"github.com/fastntp/fastntp/responder"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -70,6 +73,35 @@ func TestParseFlags(t *testing.T) {
 		{args: []string{"--receive-buffer", "-5"}, err: "want a size in bytes"},
 		{args: []string{"--no-such-flag"}, err: "unknown flag: --no-such-flag"},
 		{args: []string{"extra"}, err: "unexpected argument"},
+		{args: nil, check: func(o *options) bool { return o.rateLimit == nil && o.access == nil }},
+		{args: []string{"--ratelimit"}, check: func(o *options) bool {
+			return o.rateLimit != nil && *o.rateLimit == responder.DefaultRateLimit()
+		}},
+		// Any setting turns rate limiting on; the others keep chronyd's defaults.
+		{args: []string{"--ratelimit-interval", "-2", "--ratelimit-burst=4", "--ratelimit-memory", "1M"}, check: func(o *options) bool {
+			return o.rateLimit != nil && *o.rateLimit == responder.RateLimit{Interval: -2, Burst: 4, Leak: 2, Memory: 1 << 20}
+		}},
+		{args: []string{"--ratelimit-kod", "1"}, check: func(o *options) bool { return o.rateLimit != nil && o.rateLimit.KoD == 1 }},
+		{args: []string{"--ratelimit-interval", "13"}, err: "--ratelimit-interval: 13 is out of range -19..12"},
+		{args: []string{"--ratelimit-interval", "-20"}, err: "--ratelimit-interval: -20 is out of range -19..12"},
+		{args: []string{"--ratelimit-burst", "0"}, err: "--ratelimit-burst: 0 is out of range 1..255"},
+		{args: []string{"--ratelimit-leak", "5"}, err: "--ratelimit-leak: 5 is out of range 1..4"},
+		{args: []string{"--ratelimit-kod", "-1"}, err: "--ratelimit-kod: -1 is out of range 0..4"},
+		{args: []string{"--ratelimit-memory", "100"}, err: "--ratelimit-memory: client memory 100 bytes"},
+		{args: []string{"--ratelimit-memory", "2G"}, err: "want a size in bytes below 2G"},
+		{args: []string{"--allow", "192.0.2.0/24", "--deny", "192.0.2.7", "--allow", "all", "--deny", "2001:db8::/32"}, check: func(o *options) bool {
+			return slices.Equal(o.access, []responder.AccessRule{
+				{Prefix: netip.MustParsePrefix("192.0.2.0/24"), Allow: true},
+				{Prefix: netip.MustParsePrefix("192.0.2.7/32")},
+				{Prefix: netip.MustParsePrefix("0.0.0.0/0"), Allow: true},
+				{Prefix: netip.MustParsePrefix("::/0"), Allow: true},
+				{Prefix: netip.MustParsePrefix("2001:db8::/32")},
+			})
+		}},
+		{args: []string{"--allow", "example.com"}, err: "want a network such as 192.0.2.0/24"},
+		{args: []string{"--deny", "10.0.0.0/33"}, err: "want a network such as 192.0.2.0/24"},
+		{args: []string{"--deny", "fe80::1%eth0"}, err: "want a network such as 192.0.2.0/24"},
+		{args: []string{"--deny"}, err: "flag needs an argument: --deny"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -134,6 +166,11 @@ func TestRunExitCodes(t *testing.T) {
 var binary string
 
 func TestMain(m *testing.M) {
+	// Fuzzing runs no test that needs the binary, in every worker process.
+	flag.Parse()
+	if f := flag.Lookup("test.fuzz"); f != nil && f.Value.String() != "" {
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "fastntp-test")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -131,8 +131,13 @@ func Listen(cfg Config) (*Server, error) {
 	if cfg.RateLimit != nil {
 		// Each worker owns the records of the addresses steered to it.
 		memory := cfg.RateLimit.Memory / len(s.workers)
+		if memory < minClientMemory {
+			s.close()
+			return nil, fmt.Errorf("responder: rate-limit memory of %d bytes leaves %d bytes to each of %d workers, under one slot of records (%d bytes)",
+				cfg.RateLimit.Memory, memory, len(s.workers), minClientMemory)
+		}
 		for _, w := range s.workers {
-			t, err := newClientTable(*cfg.RateLimit, max(memory, minClientMemory))
+			t, err := newClientTable(*cfg.RateLimit, memory)
 			if err != nil {
 				s.close()
 				return nil, fmt.Errorf("responder: %w", err)

@@ -196,6 +196,9 @@ func TestListenErrors(t *testing.T) {
 		"negative":       {Listeners: []Listener{{Address: netip.MustParseAddrPort("127.0.0.1:0"), Workers: -1}}, Source: src},
 		"unbindable":     {Listeners: []Listener{{Address: netip.MustParseAddrPort("192.0.2.1:0"), Workers: 1}}, Source: src},
 		"bad batch size": {Listeners: loopbackListeners(1), Source: src, BatchSize: -4},
+		"bad rate limit": {Listeners: loopbackListeners(1), Source: src, RateLimit: &RateLimit{Interval: 20, Burst: 8, Leak: 2, Memory: 1 << 20}},
+		"rate-limit memory under a slot per worker": {Listeners: loopbackListeners(2), Source: src,
+			RateLimit: &RateLimit{Interval: 3, Burst: 8, Leak: 2, Memory: 3 * minClientMemory}},
 	} {
 		if srv, err := Listen(cfg); err == nil {
 			srv.close()

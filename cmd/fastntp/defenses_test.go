@@ -88,7 +88,7 @@ func TestSpoofedFlood(t *testing.T) {
 	const memory = 4 << 20
 	p := startFastntp(t, ns, "-4", "0", "-6", "1", "-b", server.String(), "-s", chronyd.Addr.String(),
 		"--ratelimit-interval", "-2", "--ratelimit-memory", strconv.Itoa(memory),
-		"--receive-buffer", "16M", "--log-format", "json", "--stats-interval", "0")
+		"--receive-buffer", "16M", "--log-format", "json", "--stats-interval", "1s")
 	p.waitLog("synchronized to backend", 5*time.Second)
 	pid := p.cmd.Process.Pid
 	before := memoryKiB(t, pid, "VmRSS")
@@ -196,6 +196,20 @@ func TestSpoofedFlood(t *testing.T) {
 		t.Errorf("%v requests rate-limited of the abusive client's %d", c["dropped_rate_limited"], abuses)
 	}
 	// Every new address past the table's capacity evicts one.
+	// The rate summary shows the flood and the limit at work.
+	var limitedRate, evictedSummary float64
+	for line := range strings.Lines(p.Log()) {
+		var entry map[string]any
+		if json.Unmarshal([]byte(line), &entry) == nil && entry["msg"] == "rates" {
+			limited, _ := entry["rate_limited_per_s"].(float64)
+			evicted, _ := entry["client_records_evicted"].(float64)
+			limitedRate += limited
+			evictedSummary += evicted
+		}
+	}
+	if limitedRate == 0 || evictedSummary == 0 {
+		t.Errorf("rate summaries: %v rate-limited/s and %v evictions in all", limitedRate, evictedSummary)
+	}
 	if c["client_records_evicted"] < c["received"]-float64(memory/28)-float64(abuses+legitResult[0]) {
 		t.Errorf("%v records evicted for %v requests from distinct sources into %d bytes", c["client_records_evicted"], c["received"], memory)
 	}

@@ -304,6 +304,11 @@ func logRates(ctx context.Context, logger *zap.Logger, srv *responder.Server, sr
 				zap.Float64("received_per_s", rate(cur[responder.Received], prev[responder.Received])),
 				zap.Float64("replied_per_s", rate(cur[responder.Replied], prev[responder.Replied])),
 				zap.Float64("dropped_per_s", rate(cur.Dropped(), prev.Dropped())),
+				// The drops of the operator's policy, also in dropped_per_s.
+				zap.Float64("denied_per_s", rate(cur[responder.DroppedDenied], prev[responder.DroppedDenied])),
+				zap.Float64("rate_limited_per_s", rate(cur[responder.DroppedRateLimited], prev[responder.DroppedRateLimited])),
+				zap.Float64("kod_sent_per_s", rate(cur[responder.KoDSent], prev[responder.KoDSent])),
+				zap.Uint64("client_records_evicted", cur[responder.ClientEvictions]-prev[responder.ClientEvictions]),
 				zap.Uint64("send_errors", cur[responder.SendErrors]-prev[responder.SendErrors]),
 				zap.Uint64("missing_timestamps", cur[responder.MissingTimestamps]-prev[responder.MissingTimestamps]),
 				zap.Uint64("kernel_drops", cur[responder.KernelDrops]-prev[responder.KernelDrops]),

@@ -29,9 +29,9 @@ type RateLimit struct {
 	// answered anyway: 1 to 4. chronyd's default is 2 (one in four).
 	Leak int
 	// KoD, if not zero (1 to 4), answers a limited request that is not let
-	// through with a RATE kiss-o'-death with probability 1/2^KoD, as
-	// chronyd 4.4's kod option does. Zero drops them silently, the safer
-	// default with clients that mishandle kiss codes.
+	// through with a RATE kiss-o'-death with probability 1/2^KoD, as the
+	// kod option of chronyds newer than 4.3 does. Zero drops them silently,
+	// the safer default with clients that mishandle kiss codes.
 	KoD int
 	// Memory bounds the client records, in bytes, across all workers;
 	// chronyd's clientloglimit. When a record's hash slot is full, the

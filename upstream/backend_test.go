@@ -98,8 +98,8 @@ func countLogs(logs *observer.ObservedLogs, message string) int {
 	return logs.FilterMessage(message).Len()
 }
 
-// A backend that rate-limits fastntp with kiss-o'-death RATE (chronyd 4.4
-// and later with ratelimit's kod option): the last good state is served
+// A backend that rate-limits fastntp with kiss-o'-death RATE (a chronyd
+// newer than 4.3, with ratelimit's kod option): the last good state is served
 // until it expires, the polls slow down, and one warning says how to fix
 // chrony.conf.
 func TestKissOfDeathRate(t *testing.T) {
@@ -172,7 +172,7 @@ func TestCauseLoggedOnce(t *testing.T) {
 	}
 }
 
-// chronyd's ratelimit drops polls (chrony before 4.4 sends no kiss): the
+// chronyd's ratelimit drops polls (chrony 4.3 sends no kiss): the
 // log says what is going on and how to fix it.
 func TestRateLimitingChronyd(t *testing.T) {
 	chronyd := chronytest.StartChronyd(t, chronytest.Options{Config: []string{"ratelimit interval 3 burst 4 leak 2"}})

@@ -3,6 +3,7 @@ module github.com/fastntp/fastntp
 go 1.26.8
 
 require (
+	github.com/cilium/ebpf v0.22.0
 	github.com/coreos/go-systemd/v22 v22.5.0
 	github.com/gaissmai/bart v0.30.0
 	github.com/prometheus/client_golang v1.25.0

@@ -191,6 +191,10 @@ type Info struct {
 	// PacketInfo reports whether received datagrams carry their local
 	// address; it is only asked for on a wildcard bind.
 	PacketInfo bool
+	// Cookie is the kernel's lasting identifier of the socket (Linux's
+	// SO_COOKIE), by which an eBPF program can recognize what it sent; 0
+	// where there is none.
+	Cookie uint64
 	// ReceiveBuffer and SendBuffer are the usable sizes the kernel granted:
 	// on Linux, half of what getsockopt reports, the other half being set
 	// aside for the kernel's bookkeeping. They compare with what Config

@@ -51,6 +51,9 @@ func TestEcho(t *testing.T) {
 				if info.Path != path || !info.Timestamps {
 					t.Errorf("Info = %+v, want path %v with timestamps", info, path)
 				}
+				if info.Cookie == 0 {
+					t.Error("Info has no socket cookie")
+				}
 				wildcard := netip.MustParseAddrPort(tc.bind).Addr().IsUnspecified()
 				if info.PacketInfo != wildcard {
 					t.Errorf("PacketInfo = %v on bind %s", info.PacketInfo, tc.bind)

@@ -73,10 +73,12 @@ func TestSteerBySource(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
+					// Kept open to the end, so that the kernel cannot give
+					// its port to the next client from the same source.
+					defer c.Close()
 					if _, err := c.Write([]byte("hello")); err != nil {
 						t.Fatal(err)
 					}
-					c.Close()
 					sent++
 				}
 			}

@@ -302,3 +302,21 @@ func TestReports(t *testing.T) {
 		t.Errorf("Saturation = %v, %v", maxRate, peak)
 	}
 }
+
+// A command with {port6} is measured on ::1, at the port it was given.
+func TestStartPort6(t *testing.T) {
+	for _, tc := range []struct {
+		arg  string
+		want netip.Addr
+	}{{"{port}", netip.MustParseAddr("127.0.0.1")}, {"[::1]:{port6}", netip.IPv6Loopback()}} {
+		target := &Target{Name: "sh"}
+		spec := TargetSpec{Name: "sh", Command: []string{"sh", "-c", "sleep 5", tc.arg}}
+		if err := target.start(spec, nil, StartOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		target.Stop()
+		if target.Addr.Addr() != tc.want || target.Addr.Port() == 0 {
+			t.Errorf("%s: target at %v, want %v", tc.arg, target.Addr, tc.want)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -21,7 +22,8 @@ import (
 //	NAME=exec:COMMAND ARGS...  a command the bench starts and stops
 //	NAME=chronyd               a chronyd the bench configures as a plain server
 //
-// In a command, {port} becomes a free port on 127.0.0.1, {addr:OTHER} the
+// In a command, {port} becomes a free port on 127.0.0.1, {port6} the same
+// port on ::1 (the target is then measured over IPv6), {addr:OTHER} the
 // address of the target named OTHER, started before it, and {metrics} a free
 // TCP address on 127.0.0.1 for the server's Prometheus metrics, which the
 // bench then scrapes (see FloodConfig.ScrapeInterval).
@@ -160,9 +162,13 @@ func (t *Target) start(spec TargetSpec, earlier []*Target, opts StartOptions) er
 			args = append(args, "-u", "root")
 		}
 	}
+	if slices.ContainsFunc(args, func(a string) bool { return strings.Contains(a, "{port6}") }) {
+		t.Addr = netip.AddrPortFrom(netip.IPv6Loopback(), port)
+	}
 	expanded := make([]string, len(args))
 	for i, a := range args {
 		a = strings.ReplaceAll(a, "{port}", strconv.Itoa(int(port)))
+		a = strings.ReplaceAll(a, "{port6}", strconv.Itoa(int(port)))
 		if strings.Contains(a, "{metrics}") {
 			metrics, err := freeTCPAddr()
 			if err != nil {

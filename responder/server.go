@@ -23,6 +23,7 @@ import (
 
 	"github.com/fastntp/fastntp/batch"
 	"github.com/fastntp/fastntp/internal/ntp"
+	"github.com/fastntp/fastntp/responder/egress"
 	"github.com/fastntp/fastntp/upstream"
 )
 
@@ -67,6 +68,9 @@ type Config struct {
 	RateLimit *RateLimit
 	// Access, if not nil, decides which client addresses are served.
 	Access *AccessList
+	// TransmitStamps selects where replies get their transmit timestamps.
+	// The zero value is StampAuto.
+	TransmitStamps Stamping
 
 	// listen opens one worker's socket; tests replace it to inject faults.
 	// If nil, batch.Listen.
@@ -84,6 +88,10 @@ type Server struct {
 	workers []*worker
 	once    sync.Once
 	running atomic.Int32
+	// stamper is the eBPF program that stamps replies at the device, or
+	// nil; deviceStamps says whether it is attached.
+	stamper      *egress.Stamper
+	deviceStamps atomic.Bool
 }
 
 // Listen opens every socket that cfg asks for. The sockets are bound when it
@@ -146,6 +154,10 @@ func Listen(cfg Config) (*Server, error) {
 			w.template.pollRaise = int8(cfg.RateLimit.Interval - minPoll)
 		}
 	}
+	if err := s.attachStamper(); err != nil {
+		s.close()
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -183,6 +195,7 @@ func (s *Server) listen(l Listener) ([]*worker, error) {
 		}
 		w := newWorker(conn, s.cfg)
 		w.index = i
+		w.deviceStamps = &s.deviceStamps
 		ws = append(ws, w)
 	}
 	return ws, nil
@@ -224,6 +237,18 @@ type SocketInfo struct {
 func (s *Server) Serve(ctx context.Context) error {
 	var wg sync.WaitGroup
 	failed := make(chan error, len(s.workers))
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	if s.stamper != nil {
+		wg.Go(func() {
+			if err := s.stamper.Run(ctx); err != nil {
+				// The program is detached; the replies carry the stamps
+				// read before each send, which the workers now predict.
+				s.deviceStamps.Store(false)
+				s.cfg.Logger.Warn("stamping replies before each send from now on", zap.Error(err))
+			}
+		})
+	}
 	for _, w := range s.workers {
 		s.running.Add(1)
 		wg.Go(func() {
@@ -239,6 +264,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	case err = <-failed:
 	}
 	s.close()
+	stop()
 	wg.Wait()
 	return err
 }
@@ -251,6 +277,9 @@ func (s *Server) close() {
 	s.once.Do(func() {
 		for _, w := range s.workers {
 			w.conn.Close()
+		}
+		if s.stamper != nil {
+			s.stamper.Close()
 		}
 	})
 }
@@ -310,8 +339,11 @@ type worker struct {
 	// batchStart is when the last batch was read.
 	batchStart time.Time
 	sendCosts  sendCosts
-	access     *AccessList
-	limiter    *clientTable // nil without rate limiting
+	// deviceStamps is the server's: whether an eBPF program stamps the
+	// replies at the device.
+	deviceStamps *atomic.Bool
+	access       *AccessList
+	limiter      *clientTable // nil without rate limiting
 }
 
 // yieldInterval is how often a worker passes through the scheduler: well
@@ -323,9 +355,11 @@ func newWorker(conn batch.Conn, cfg Config) *worker {
 		conn:   conn,
 		source: cfg.Source,
 		msgs:   batch.NewMessages(cfg.BatchSize, maxRequestSize),
-		access: cfg.Access,
-		logger: cfg.Logger,
-		debug:  cfg.Logger.Core().Enabled(zap.DebugLevel),
+		// A worker outside a Server stamps before each send.
+		deviceStamps: new(atomic.Bool),
+		access:       cfg.Access,
+		logger:       cfg.Logger,
+		debug:        cfg.Logger.Core().Enabled(zap.DebugLevel),
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/fastntp/fastntp/batch"
 	"github.com/fastntp/fastntp/internal/chronytest"
@@ -53,6 +55,13 @@ func startServer(t testing.TB, cfg Config) *Server {
 	if err != nil {
 		t.Fatalf("Listen: %v", err)
 	}
+	serve(t, srv, before)
+	return srv
+}
+
+// serve runs srv until the test ends, then checks that Serve returns and
+// that no more goroutines than before remain.
+func serve(t testing.TB, srv *Server, before int) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -74,7 +83,81 @@ func startServer(t testing.TB, cfg Config) *Server {
 			t.Errorf("%d goroutines after shutdown, %d before start", n, before)
 		}
 	})
-	return srv
+}
+
+// TestTransmitStamps checks where each setting stamps replies, in a
+// namespace whose only device is lo, and that a reply's transmit timestamp
+// follows its receive timestamp and is close to its arrival at the client:
+// before it, when read at the device. A stamp predicted before the send may
+// run ahead of the arrival, by as much as the predictor misjudges.
+func TestTransmitStamps(t *testing.T) {
+	ns := chronytest.Namespace(t)
+	for _, tc := range []struct {
+		stamping Stamping
+		devices  []string
+	}{{StampDevice, []string{"lo"}}, {StampAuto, []string{"lo"}}, {StampSyscall, nil}} {
+		t.Run(tc.stamping.String(), func(t *testing.T) {
+			before := runtime.NumGoroutine()
+			var srv *Server
+			var client *net.UDPConn
+			err := chronytest.InNamespace(ns, func() error {
+				var err error
+				srv, err = Listen(Config{Listeners: loopbackListeners(2)[:1], Source: newStaticSource(freshSnapshot()), TransmitStamps: tc.stamping})
+				if err != nil {
+					return err
+				}
+				client, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(srv.Addrs()[0]))
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer client.Close()
+			serve(t, srv, before)
+			if got := srv.StampDevices(); !slices.Equal(got, tc.devices) {
+				t.Errorf("StampDevices() = %q, want %q", got, tc.devices)
+			}
+			raw, _ := client.SyscallConn()
+			raw.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1) })
+			client.SetDeadline(time.Now().Add(5 * time.Second))
+			reply, oob := make([]byte, 64), make([]byte, 128)
+			for range 50 {
+				if _, err := client.Write(packet(4, ntp.ModeClient)); err != nil {
+					t.Fatal(err)
+				}
+				n, oobn, _, _, err := client.ReadMsgUDP(reply, oob)
+				if err != nil || n != ntp.HeaderSize {
+					t.Fatalf("reply: %d bytes, %v", n, err)
+				}
+				arrived := arrival(t, oob[:oobn])
+				var h ntp.Header
+				if err := h.Parse(reply[:n]); err != nil {
+					t.Fatal(err)
+				}
+				received, transmit := h.ReceiveTime.Time(arrived), h.TransmitTime.Time(arrived)
+				ahead := transmit.After(arrived) && tc.devices != nil
+				if transmit.Before(received) || ahead || arrived.Sub(transmit).Abs() > 10*time.Millisecond {
+					t.Fatalf("received %v, transmitted %v, arrived %v", received, transmit, arrived)
+				}
+			}
+		})
+	}
+}
+
+// arrival returns the kernel's receive time from SCM_TIMESTAMPNS.
+func arrival(t *testing.T, oob []byte) time.Time {
+	t.Helper()
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range msgs {
+		if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS && len(m.Data) >= 16 {
+			return time.Unix(int64(binary.NativeEndian.Uint64(m.Data[0:8])), int64(binary.NativeEndian.Uint64(m.Data[8:16])))
+		}
+	}
+	t.Fatal("no receive timestamp")
+	return time.Time{}
 }
 
 // waitCounters returns the server's counters once done accepts them, or
@@ -231,15 +314,21 @@ func TestServeAllocations(t *testing.T) {
 	for _, tc := range []struct {
 		path     batch.Path
 		defenses bool
+		device   bool // stamped at the device: one send per batch
 		max      float64
-	}{{batch.PathFast, false, 0}, {batch.PathPortable, false, 2}, {batch.PathFast, true, 0}, {batch.PathPortable, true, 2}} {
-		t.Run(fmt.Sprintf("%v/defenses=%v", tc.path, tc.defenses), func(t *testing.T) {
+	}{
+		{batch.PathFast, false, false, 0}, {batch.PathPortable, false, false, 2},
+		{batch.PathFast, true, false, 0}, {batch.PathPortable, true, false, 2},
+		{batch.PathFast, false, true, 0}, {batch.PathPortable, false, true, 2},
+	} {
+		t.Run(fmt.Sprintf("%v/defenses=%v/device=%v", tc.path, tc.defenses, tc.device), func(t *testing.T) {
 			conn, err := batch.Listen(batch.Config{Address: netip.MustParseAddrPort("0.0.0.0:0"), Path: tc.path})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer conn.Close()
 			w := newWorker(conn, Config{Source: newStaticSource(freshSnapshot()), BatchSize: 8, Logger: nopLogger})
+			w.deviceStamps.Store(tc.device)
 			if tc.defenses {
 				// A limit the client stays under, so that every request
 				// is answered.

@@ -1,11 +1,105 @@
 package responder
 
 import (
+	"errors"
+	"fmt"
 	"slices"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/fastntp/fastntp/internal/ntp"
+	"github.com/fastntp/fastntp/responder/egress"
 )
+
+// Stamping selects where replies get their transmit timestamps.
+type Stamping uint8
+
+const (
+	// StampAuto stamps at the device where the eBPF program can be
+	// attached (Linux 6.6 or later, CAP_BPF and CAP_NET_ADMIN), and before
+	// each send elsewhere.
+	StampAuto Stamping = iota
+	// StampDevice has an eBPF program write the transmit timestamp as
+	// each reply reaches the network device (package egress), and fails
+	// Listen where it cannot be attached.
+	StampDevice
+	// StampSyscall stamps each reply in user space, before the sendmmsg
+	// that sends it, with its predicted departure.
+	StampSyscall
+)
+
+func (s Stamping) String() string {
+	switch s {
+	case StampAuto:
+		return "auto"
+	case StampDevice:
+		return "device"
+	case StampSyscall:
+		return "syscall"
+	}
+	return fmt.Sprintf("Stamping(%d)", uint8(s))
+}
+
+// ParseStamping parses the names that String returns.
+func ParseStamping(s string) (Stamping, error) {
+	for _, v := range []Stamping{StampAuto, StampDevice, StampSyscall} {
+		if s == v.String() {
+			return v, nil
+		}
+	}
+	return 0, fmt.Errorf("unknown transmit stamping %q (want auto, device or syscall)", s)
+}
+
+// attachStamper attaches the eBPF stamper for every worker's socket, as
+// the configuration asks.
+func (s *Server) attachStamper() error {
+	if s.cfg.TransmitStamps == StampSyscall {
+		return nil
+	}
+	err := s.tryAttachStamper()
+	if err == nil {
+		s.deviceStamps.Store(true)
+		return nil
+	}
+	if s.cfg.TransmitStamps == StampDevice {
+		return fmt.Errorf("responder: transmit stamps at the device: %w", err)
+	}
+	s.cfg.Logger.Info("stamping replies before each send: the device stamper is unavailable", zap.Error(err))
+	return nil
+}
+
+func (s *Server) tryAttachStamper() error {
+	if !egress.Available {
+		return errors.New("only Linux can stamp at the device")
+	}
+	st, err := egress.Attach()
+	if err != nil {
+		return err
+	}
+	for _, w := range s.workers {
+		cookie := w.conn.Info().Cookie
+		if cookie == 0 {
+			st.Close()
+			return fmt.Errorf("socket on %s has no cookie", w.conn.LocalAddr())
+		}
+		if err := st.Add(cookie); err != nil {
+			st.Close()
+			return err
+		}
+	}
+	s.stamper = st
+	return nil
+}
+
+// StampDevices returns the network devices at which replies are stamped,
+// or nil if they are stamped before each send.
+func (s *Server) StampDevices() []string {
+	if s.stamper == nil || !s.deviceStamps.Load() {
+		return nil
+	}
+	return s.stamper.Devices()
+}
 
 // A reply's transmit timestamp should say when the reply left, but one
 // sendmmsg sends its messages one after another: on loopback here each
@@ -81,6 +175,9 @@ func (c *sendCosts) observe(n int, d time.Duration) {
 // sendReplies stamps and sends the first count messages of w.msgs and
 // returns how many the kernel accepted.
 func (w *worker) sendReplies(count int) (int, error) {
+	if w.deviceStamps.Load() {
+		return w.sendStampedAtDevice(count)
+	}
 	chunk := largeChunk
 	if count <= shortBatch {
 		chunk = smallChunk
@@ -103,4 +200,21 @@ func (w *worker) sendReplies(count int) (int, error) {
 		}
 	}
 	return sent, nil
+}
+
+// sendStampedAtDevice sends the replies in one call, for the eBPF program
+// rewrites each transmit timestamp as the reply reaches the device. The
+// stamp written here, the batch's one clock reading, is what a reply
+// leaving through a device that appeared after start-up keeps.
+func (w *worker) sendStampedAtDevice(count int) (int, error) {
+	if count == 0 {
+		return 0, nil
+	}
+	now := time.Now()
+	dispersion := w.template.dispersion(now)
+	transmit := ntp.TimeFrom(now)
+	for i := range count {
+		stamp(w.msgs[i].Buffer, dispersion, transmit)
+	}
+	return w.conn.WriteBatch(w.msgs[:count])
 }

@@ -173,7 +173,7 @@ var loadSynopses = map[string]string{
 }
 
 func defineLoadFlags(fs *pflag.FlagSet, mode string, f *loadFlags) {
-	targetHelp := "server to load: ADDRESS:PORT, NAME=addr:ADDRESS:PORT, NAME=exec:COMMAND (with {port}, {addr:NAME} and {metrics}), or NAME=chronyd"
+	targetHelp := "server to load: ADDRESS:PORT, NAME=addr:ADDRESS:PORT, NAME=exec:COMMAND (with {port}, {port6} for ::1, {addr:NAME} and {metrics}), or NAME=chronyd"
 	if mode == "compare" {
 		targetHelp += "; repeat for each server"
 	}

@@ -28,6 +28,7 @@ type options struct {
 	debug                     bool
 	batchSize                 int
 	path                      batch.Path
+	transmitStamps            responder.Stamping
 	pollInterval, maxAge      time.Duration
 	maxOffset                 time.Duration
 	receiveBuffer, sendBuffer int
@@ -80,6 +81,7 @@ func newFlagSet(o *options, limit *responder.RateLimit) *pflag.FlagSet {
 	fs.BoolVarP(&o.help, "help", "h", false, "print this help and exit")
 	fs.IntVar(&o.batchSize, "batch-size", batch.DefaultBatchSize, "most datagrams moved per system call, `N` (1 disables batching)")
 	fs.Var(&pathValue{&o.path}, "io-path", "socket I/O: fast (recvmmsg/sendmmsg, Linux), portable (x/net), or auto")
+	fs.Var(&stampingValue{&o.transmitStamps}, "transmit-stamps", "where replies get their transmit timestamps: device (an eBPF program at each network device; needs CAP_BPF and CAP_NET_ADMIN), syscall (before each send), or auto")
 	fs.DurationVar(&o.pollInterval, "poll-interval", time.Second, "interval between polls of the backend")
 	fs.DurationVar(&o.maxAge, "max-age", 4*time.Second, "serve unsynchronized replies once the last valid backend answer is this old")
 	fs.DurationVar(&o.maxOffset, "max-offset", 10*time.Millisecond, "serve unsynchronized replies while the backend's clock differs from the system clock by more")
@@ -259,6 +261,21 @@ func (v *pathValue) Set(s string) error {
 		return errors.New("want auto, fast or portable")
 	}
 	*v.p = p
+	return nil
+}
+
+// stampingValue is the --transmit-stamps flag.
+type stampingValue struct{ s *responder.Stamping }
+
+func (v *stampingValue) String() string { return v.s.String() }
+func (v *stampingValue) Type() string   { return "where" }
+
+func (v *stampingValue) Set(s string) error {
+	st, err := responder.ParseStamping(s)
+	if err != nil {
+		return errors.New("want auto, device or syscall")
+	}
+	*v.s = st
 	return nil
 }
 

@@ -19,6 +19,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -118,14 +119,15 @@ func serve(ctx context.Context, o *options, logger *zap.Logger, hup <-chan os.Si
 			{Address: o.ipv4Address, Workers: o.ipv4Threads},
 			{Address: o.ipv6Address, Workers: o.ipv6Threads, Optional: !o.explicitIPv6},
 		},
-		Source:        poller,
-		Path:          o.path,
-		BatchSize:     o.batchSize,
-		ReceiveBuffer: o.receiveBuffer,
-		SendBuffer:    o.sendBuffer,
-		Logger:        logger,
-		RateLimit:     o.rateLimit,
-		Access:        access,
+		Source:         poller,
+		Path:           o.path,
+		BatchSize:      o.batchSize,
+		ReceiveBuffer:  o.receiveBuffer,
+		SendBuffer:     o.sendBuffer,
+		Logger:         logger,
+		RateLimit:      o.rateLimit,
+		Access:         access,
+		TransmitStamps: o.transmitStamps,
 	})
 	if err != nil {
 		return err
@@ -217,6 +219,14 @@ func reserveProcs(srv *responder.Server) {
 	}
 }
 
+// transmitStamps says where replies are stamped, for the start-up log.
+func transmitStamps(srv *responder.Server) string {
+	if devices := srv.StampDevices(); devices != nil {
+		return "at the device (" + strings.Join(devices, ", ") + ")"
+	}
+	return "before each send"
+}
+
 // statusFields describe the synchronization state and the counters.
 func statusFields(srv *responder.Server, src responder.Source) []zap.Field {
 	fields := syncFields(src.Load(), time.Now())
@@ -245,6 +255,7 @@ func logStart(logger *zap.Logger, o *options, srv *responder.Server) {
 		zap.Int("ipv4_threads", o.ipv4Threads),
 		zap.Int("ipv6_threads", o.ipv6Threads),
 		zap.Stringer("io_path", sockets[0].Path),
+		zap.String("transmit_stamps", transmitStamps(srv)),
 		zap.Int("gomaxprocs", runtime.GOMAXPROCS(0)),
 		zap.Int("batch_size", o.batchSize),
 		zap.Stringer("backend", o.server),

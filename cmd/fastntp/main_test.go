@@ -102,6 +102,10 @@ func TestParseFlags(t *testing.T) {
 		{args: []string{"--deny", "10.0.0.0/33"}, err: "want a network such as 192.0.2.0/24"},
 		{args: []string{"--deny", "fe80::1%eth0"}, err: "want a network such as 192.0.2.0/24"},
 		{args: []string{"--deny"}, err: "flag needs an argument: --deny"},
+		{args: nil, check: func(o *options) bool { return o.transmitStamps == responder.StampAuto }},
+		{args: []string{"--transmit-stamps", "device"}, check: func(o *options) bool { return o.transmitStamps == responder.StampDevice }},
+		{args: []string{"--transmit-stamps=syscall"}, check: func(o *options) bool { return o.transmitStamps == responder.StampSyscall }},
+		{args: []string{"--transmit-stamps", "hardware"}, err: `invalid argument "hardware" for "--transmit-stamps" flag: want auto, device or syscall`},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -278,15 +282,36 @@ func unsynchronized(h ntp.Header) bool { return h.Leap == ntp.LeapUnsynchronized
 
 // TestRealClients runs chronyd, fastntp and real NTP clients in a network
 // namespace of their own, so that fastntp can serve port 123, where ntpdig
-// and sntp send, on both families.
+// and sntp send, on both families; with replies stamped at the device (lo,
+// the namespace's only one) and before each send.
 func TestRealClients(t *testing.T) {
 	ntpdig := chronytest.Require(t, "ntpdig")
 	sntp := chronytest.Require(t, "sntp")
 	ns := chronytest.Namespace(t)
 	chronytest.StartChronyd(t, chronytest.Options{Namespace: ns, Port: 11123})
-	p := startFastntp(t, ns, "-a", "127.0.0.1:123", "-b", "[::1]:123", "-4", "2", "-6", "2")
-	p.waitLog("synchronized to backend", 10*time.Second)
+	for _, stamps := range []struct{ flag, log string }{
+		{"device", "at the device (lo)"},
+		{"syscall", "before each send"},
+	} {
+		t.Run(stamps.flag, func(t *testing.T) {
+			p := startFastntp(t, ns, "-a", "127.0.0.1:123", "-b", "[::1]:123", "-4", "2", "-6", "2",
+				"--transmit-stamps", stamps.flag, "--log-format", "json")
+			p.waitLog(`"transmit_stamps":"`+stamps.log+`"`, 5*time.Second)
+			p.waitLog("synchronized to backend", 10*time.Second)
+			queryRealClients(t, ns, ntpdig, sntp)
+			if code := p.stop(); code != 0 {
+				t.Errorf("exit code %d after SIGTERM", code)
+			}
+			if log := p.Log(); !strings.Contains(log, `"msg":"stopped"`) || !regexp.MustCompile(`"replied":([1-9][0-9]*)`).MatchString(log) {
+				t.Errorf("no final counters line with replies:\n%s", log)
+			}
+		})
+	}
+}
 
+// queryRealClients asks fastntp on port 123 of namespace ns for the time
+// with ntpdig, sntp and chronyd -Q, and checks what they measured.
+func queryRealClients(t *testing.T, ns, ntpdig, sntp string) {
 	for _, client := range []string{ntpdig, sntp} {
 		for _, server := range []string{"127.0.0.1", "::1"} {
 			t.Run(filepath.Base(client)+"/"+server, func(t *testing.T) {
@@ -324,16 +349,8 @@ func TestRealClients(t *testing.T) {
 			t.Errorf("chronyd -Q measured %v s, want under 1 ms", off)
 		}
 	})
-	if code := p.stop(); code != 0 {
-		t.Errorf("exit code %d after SIGTERM", code)
-	}
-	if log := p.Log(); !strings.Contains(log, "stopped") || !regexp.MustCompile(`"replied": ([1-9][0-9]*)`).MatchString(log) {
-		t.Errorf("no final counters line with replies:\n%s", log)
-	}
 }
 
-// TestBackendLoss kills the backend under a running fastntp: replies turn
-// unsynchronized within the staleness bound and come back when it returns.
 func TestBackendLoss(t *testing.T) {
 	chronyd := chronytest.StartChronyd(t, chronytest.Options{})
 	port := chronytest.FreePort(t)
@@ -554,6 +571,60 @@ func TestReceiveBufferWarning(t *testing.T) {
 	p.waitLog("kernel granted a smaller receive buffer than asked", time.Second)
 	p.waitLog(fmt.Sprintf(`"granted":%d`, rmemMax), time.Second)
 	p.waitLog(fmt.Sprintf(`"receive_buffer":%d`, rmemMax), time.Second)
+}
+
+// Without CAP_BPF and CAP_NET_ADMIN the device stamper cannot be attached:
+// asked for, that is an error at start; by default fastntp stamps before
+// each send and says so.
+func TestTransmitStampsUnprivileged(t *testing.T) {
+	chronytest.RequireRoot(t)
+	setpriv := chronytest.Require(t, "setpriv")
+	nobody := func(args ...string) *exec.Cmd {
+		return exec.Command(setpriv, append([]string{"--reuid=65534", "--regid=65534", "--clear-groups", "--", binary,
+			"-a", loopback(chronytest.FreePort(t)).String(), "-6", "0", "--log-format", "json"}, args...)...)
+	}
+	out, err := nobody("--transmit-stamps", "device").CombinedOutput()
+	if code := exitCode(err); code != 1 || !strings.Contains(string(out), "transmit stamps at the device") {
+		t.Errorf("--transmit-stamps device without privileges: exit %d, output:\n%s", code, out)
+	}
+	p := &process{t: t}
+	p.cmd = nobody()
+	p.cmd.Stdout, p.cmd.Stderr = p, p
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.cmd.Process.Kill(); p.cmd.Wait() })
+	p.waitLog(`"transmit_stamps":"before each send"`, 5*time.Second)
+	p.waitLog("the device stamper is unavailable", time.Second)
+}
+
+// The capabilities the systemd unit grants are enough for an unprivileged
+// user to stamp at the device.
+func TestTransmitStampsUnitCapabilities(t *testing.T) {
+	chronytest.RequireRoot(t)
+	setpriv := chronytest.Require(t, "setpriv")
+	unit, err := os.ReadFile("../../deploy/fastntp.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^AmbientCapabilities=(.*)$`).FindSubmatch(unit)
+	if m == nil {
+		t.Fatal("the unit grants no capabilities")
+	}
+	var caps []string
+	for _, c := range strings.Fields(string(m[1])) {
+		caps = append(caps, "+"+strings.ToLower(strings.TrimPrefix(c, "CAP_")))
+	}
+	p := &process{t: t}
+	p.cmd = exec.Command(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
+		"--inh-caps="+strings.Join(caps, ","), "--ambient-caps="+strings.Join(caps, ","), "--",
+		binary, "-a", loopback(chronytest.FreePort(t)).String(), "-6", "0", "--log-format", "json", "--transmit-stamps", "device")
+	p.cmd.Stdout, p.cmd.Stderr = p, p
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.cmd.Process.Kill(); p.cmd.Wait() })
+	p.waitLog(`"transmit_stamps":"at the device (lo`, 5*time.Second)
 }
 
 // Running as root is warned about; dropping to a user is not.

@@ -109,6 +109,7 @@ type collector struct {
 	age      *prometheus.Desc
 	rootDel  *prometheus.Desc
 	rootDisp *prometheus.Desc
+	device   *prometheus.Desc
 }
 
 // workerLabels keep the cardinality at one series per worker and counter:
@@ -134,6 +135,7 @@ func newCollector(srv *responder.Server, poller *upstream.Poller) *collector {
 	c.age = gauge("fastntp_backend_answer_age_seconds", "Time since the backend's last valid answer.")
 	c.rootDel = gauge("fastntp_root_delay_seconds", "The root delay served now.")
 	c.rootDisp = gauge("fastntp_root_dispersion_seconds", "The root dispersion served now.")
+	c.device = gauge("fastntp_transmit_stamps_at_device", "1 while an eBPF program stamps replies at the network devices, 0 while they are stamped before each send.")
 	return c
 }
 
@@ -173,7 +175,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 			ch <- d
 		}
 	}
-	for _, d := range []*prometheus.Desc{c.dropped, c.synced, c.leap, c.stratum, c.offset, c.delay, c.age, c.rootDel, c.rootDisp} {
+	for _, d := range []*prometheus.Desc{c.dropped, c.synced, c.leap, c.stratum, c.offset, c.delay, c.age, c.rootDel, c.rootDisp, c.device} {
 		ch <- d
 	}
 }
@@ -221,5 +223,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if last := c.poller.LastAnswer(); !last.IsZero() {
 		gauge(c.age, now.Sub(last).Seconds())
+	}
+	if c.srv.StampDevices() != nil {
+		gauge(c.device, 1)
+	} else {
+		gauge(c.device, 0)
 	}
 }

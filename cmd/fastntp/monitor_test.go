@@ -150,6 +150,8 @@ func TestMonitoringWithPrometheus(t *testing.T) {
 	prom := startPrometheus(t, metrics)
 	prom.waitQuery(`fastntp_synchronized`, 1, 10*time.Second)
 	prom.waitQuery(`fastntp_stratum`, 10, 5*time.Second)
+	// fastntp runs as root here: stamping at the device.
+	prom.waitQuery(`fastntp_transmit_stamps_at_device`, 1, 5*time.Second)
 	if code, body := httpGet(t, "http://"+metrics+"/healthz"); code != http.StatusOK || body != "synchronized\n" {
 		t.Errorf("/healthz while synchronized: %d %q", code, body)
 	}

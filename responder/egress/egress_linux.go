@@ -1,0 +1,357 @@
+package egress
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// Available reports whether this build can stamp at the device.
+const Available = true
+
+// maxSockets bounds the sockets one Stamper serves: far more than any host
+// has cores to run workers on.
+const maxSockets = 4096
+
+// Stamper is an eBPF program attached to the egress of network devices that
+// rewrites the transmit timestamp of replies sent from its sockets.
+type Stamper struct {
+	program *ebpf.Program
+	sockets *ebpf.Map // socket cookie -> 1
+	offset  *ebpf.Map // one entry: TAI minus UTC, in nanoseconds
+	links   []link.Link
+	devices []string
+
+	// readOffset returns the kernel's TAI offset in nanoseconds; tests
+	// replace it.
+	readOffset func() (int64, error)
+
+	mu         sync.Mutex
+	lastOffset int64
+	closed     bool
+}
+
+// Attach loads the program and attaches it to the egress of every network
+// device the host has now. It needs CAP_BPF and CAP_NET_ADMIN, and Linux 6.6
+// or later (TCX). A device that refuses the program is left out; Attach
+// fails only if none accepts it.
+func Attach() (*Stamper, error) {
+	s := &Stamper{lastOffset: unsetOffset, readOffset: kernelOffset}
+	var err error
+	s.sockets, err = ebpf.NewMap(&ebpf.MapSpec{
+		Name:       "fastntp_socks",
+		Type:       ebpf.Hash,
+		KeySize:    8,
+		ValueSize:  1,
+		MaxEntries: maxSockets,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("egress: create socket map: %w", err)
+	}
+	s.offset, err = ebpf.NewMap(&ebpf.MapSpec{
+		Name:       "fastntp_tai",
+		Type:       ebpf.Array,
+		KeySize:    4,
+		ValueSize:  8,
+		MaxEntries: 1,
+	})
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("egress: create offset map: %w", err)
+	}
+	// The offset goes in before the program can run, so that no reply is
+	// stamped on the TAI scale.
+	if err := s.refreshOffset(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.program, err = ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:         "fastntp_stamp",
+		Type:         ebpf.SchedCLS,
+		AttachType:   ebpf.AttachTCXEgress,
+		Instructions: program(s.sockets.FD(), s.offset.FD()),
+		License:      "Dual MIT/GPL",
+	})
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("egress: load program: %w", err)
+	}
+	interfaces, err := net.Interfaces()
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("egress: list interfaces: %w", err)
+	}
+	var refused []error
+	for _, ifc := range interfaces {
+		l, err := link.AttachTCX(link.TCXOptions{
+			Interface: ifc.Index,
+			Program:   s.program,
+			Attach:    ebpf.AttachTCXEgress,
+		})
+		if err != nil {
+			refused = append(refused, fmt.Errorf("%s: %w", ifc.Name, err))
+			continue
+		}
+		s.links = append(s.links, l)
+		s.devices = append(s.devices, ifc.Name)
+	}
+	if len(s.links) == 0 {
+		s.Close()
+		return nil, fmt.Errorf("egress: attach to any device: %w", errors.Join(refused...))
+	}
+	return s, nil
+}
+
+// Devices returns the names of the devices the program is attached to.
+func (s *Stamper) Devices() []string { return s.devices }
+
+// Add makes the program stamp the replies that the socket with the given
+// cookie (SO_COOKIE) sends.
+func (s *Stamper) Add(cookie uint64) error {
+	if err := s.sockets.Put(cookie, uint8(1)); err != nil {
+		return fmt.Errorf("egress: add socket %d: %w", cookie, err)
+	}
+	return nil
+}
+
+// refreshInterval is how often Run reads the kernel's TAI offset. It only
+// changes at a leap second, when chronyd (leapsectz) or an operator sets
+// it; replies of the second after a leap are served as unsynchronized in
+// any case.
+const refreshInterval = 250 * time.Millisecond
+
+// Run keeps the program's TAI offset equal to the kernel's until ctx is
+// done. If the offset changes and the program cannot be told, Run detaches
+// the program, so that the replies fall back to their user-space stamps
+// rather than carry a wrong one, and returns the error.
+func (s *Stamper) Run(ctx context.Context) error {
+	t := time.NewTicker(refreshInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if err := s.refreshOffset(); err != nil {
+			s.Close()
+			return err
+		}
+	}
+}
+
+// refreshOffset copies the kernel's TAI offset into the program's map when
+// it has changed.
+func (s *Stamper) refreshOffset() error {
+	offset, err := s.readOffset()
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || offset == s.lastOffset {
+		return nil
+	}
+	if err := s.offset.Put(uint32(0), uint64(offset)); err != nil {
+		return fmt.Errorf("egress: set TAI offset to %v: %w", time.Duration(offset), err)
+	}
+	s.lastOffset = offset
+	return nil
+}
+
+// kernelOffset reads the kernel's TAI offset, which adjtimex reports
+// without privileges.
+func kernelOffset() (int64, error) {
+	var tx unix.Timex
+	if _, err := unix.Adjtimex(&tx); err != nil {
+		return 0, fmt.Errorf("egress: read TAI offset: %w", err)
+	}
+	return int64(tx.Tai) * int64(time.Second), nil
+}
+
+// unsetOffset marks a map not yet written: no kernel's TAI offset is this.
+const unsetOffset = -1 << 63
+
+// Close detaches the program from every device and releases it. The
+// kernel detaches it as well when the process exits, however it exits.
+func (s *Stamper) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	var errs []error
+	for _, l := range s.links {
+		errs = append(errs, l.Close())
+	}
+	if s.program != nil {
+		errs = append(errs, s.program.Close())
+	}
+	for _, m := range []*ebpf.Map{s.sockets, s.offset} {
+		if m != nil {
+			errs = append(errs, m.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Offsets from the end of the packet. The program finds the reply from its
+// end because the headers in front of it vary: an Ethernet header or none,
+// a VLAN tag, IPv4 or IPv6 with or without options.
+const (
+	replySize       = 48
+	udpHeaderSize   = 8
+	udpLength       = udpHeaderSize + replySize // the UDP header's length field
+	udpFromEnd      = replySize + udpHeaderSize // start of the UDP header
+	checksumFromEnd = udpFromEnd - 6            // UDP checksum field
+	modeFromEnd     = replySize                 // first byte of the NTP header
+	transmitFromEnd = 8                         // transmit timestamp, the last field
+
+	// ntpEpochOffset is the number of seconds from 1900 to 1970.
+	ntpEpochOffset = 2208988800
+	// ntpModeServer and ntpModePassive are the modes of fastntp's replies,
+	// to clients and to symmetric active peers.
+	ntpModeServer  = 4
+	ntpModePassive = 2
+
+	// tcxNext lets the packet go on to the next program, or out.
+	tcxNext = -1
+	// markMangled0 (BPF_F_MARK_MANGLED_0) leaves an IPv4 checksum of 0,
+	// which means none, alone, and writes a computed 0 as 0xffff.
+	markMangled0 = 1 << 5
+)
+
+// Stack slots of the program, below the frame pointer R10.
+const (
+	slotKey    = -8  // map keys
+	slotHeader = -24 // UDP header and the first 8 bytes of the reply
+	slotOld    = -32 // the transmit timestamp user space wrote
+	slotNew    = -40 // the transmit timestamp the program writes
+)
+
+// program returns the classifier. In outline:
+//
+//	if socket cookie not in sockets: pass
+//	if UDP length != 56 or NTP mode is not 4 (server) or 2 (passive): pass
+//	now := ktime_get_tai_ns() - offset
+//	transmit := (now/1e9 + 2208988800) << 32 | (now%1e9 << 32) / 1e9
+//	store transmit at len-8, adjust the UDP checksum by the difference
+//	pass
+//
+// Whatever it finds, it returns "next", so that programs attached after it
+// still run and the packet is never dropped by it.
+func program(sockets, offset int) asm.Instructions {
+	return asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1), // R6: the skb
+
+		// Only replies from fastntp's own sockets.
+		asm.FnGetSocketCookie.Call(),
+		asm.StoreMem(asm.RFP, slotKey, asm.R0, asm.DWord),
+		asm.LoadMapPtr(asm.R1, sockets),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, slotKey),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "pass"),
+
+		// R7: the packet's length, L2 header included.
+		asm.LoadMem(asm.R7, asm.R6, 0, asm.Word),
+		asm.JLT.Imm(asm.R7, udpFromEnd, "pass"),
+
+		// The UDP header and the reply's first bytes.
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Reg(asm.R2, asm.R7),
+		asm.Sub.Imm(asm.R2, udpFromEnd),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, slotHeader),
+		asm.Mov.Imm(asm.R4, 16),
+		asm.FnSkbLoadBytes.Call(),
+		asm.JNE.Imm(asm.R0, 0, "pass"),
+		asm.LoadMem(asm.R1, asm.RFP, slotHeader+4, asm.Half),
+		asm.HostTo(asm.BE, asm.R1, asm.Half),
+		asm.JNE.Imm(asm.R1, udpLength, "pass"),
+		asm.LoadMem(asm.R1, asm.RFP, slotHeader+udpHeaderSize, asm.Byte),
+		asm.And.Imm(asm.R1, 7),
+		asm.JEq.Imm(asm.R1, ntpModeServer, "reply"),
+		asm.JNE.Imm(asm.R1, ntpModePassive, "pass"),
+
+		// The stamp user space wrote, for the checksum difference.
+		asm.Mov.Reg(asm.R1, asm.R6).WithSymbol("reply"),
+		asm.Mov.Reg(asm.R2, asm.R7),
+		asm.Sub.Imm(asm.R2, transmitFromEnd),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, slotOld),
+		asm.Mov.Imm(asm.R4, 8),
+		asm.FnSkbLoadBytes.Call(),
+		asm.JNE.Imm(asm.R0, 0, "pass"),
+
+		// R8: UTC in nanoseconds since 1970.
+		asm.StoreImm(asm.RFP, slotKey, 0, asm.Word),
+		asm.LoadMapPtr(asm.R1, offset),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, slotKey),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "pass"),
+		asm.LoadMem(asm.R9, asm.R0, 0, asm.DWord),
+		asm.FnKtimeGetTaiNs.Call(),
+		asm.Mov.Reg(asm.R8, asm.R0),
+		asm.Sub.Reg(asm.R8, asm.R9),
+
+		// R9: seconds; R8: nanoseconds within the second.
+		asm.Mov.Reg(asm.R9, asm.R8),
+		asm.Div.Imm(asm.R9, 1e9),
+		asm.Mov.Reg(asm.R1, asm.R9),
+		asm.Mul.Imm(asm.R1, 1e9),
+		asm.Sub.Reg(asm.R8, asm.R1),
+		// NTP seconds and fraction, big-endian.
+		asm.LoadImm(asm.R1, ntpEpochOffset, asm.DWord),
+		asm.Add.Reg(asm.R9, asm.R1),
+		asm.HostTo(asm.BE, asm.R9, asm.Word),
+		asm.StoreMem(asm.RFP, slotNew, asm.R9, asm.Word),
+		asm.LSh.Imm(asm.R8, 32),
+		asm.Div.Imm(asm.R8, 1e9),
+		asm.HostTo(asm.BE, asm.R8, asm.Word),
+		asm.StoreMem(asm.RFP, slotNew+4, asm.R8, asm.Word),
+
+		// R8: the checksum difference.
+		asm.Mov.Reg(asm.R1, asm.RFP),
+		asm.Add.Imm(asm.R1, slotOld),
+		asm.Mov.Imm(asm.R2, 8),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, slotNew),
+		asm.Mov.Imm(asm.R4, 8),
+		asm.Mov.Imm(asm.R5, 0),
+		asm.FnCsumDiff.Call(),
+		asm.JSLT.Imm(asm.R0, 0, "pass"),
+		asm.Mov.Reg(asm.R8, asm.R0),
+
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Reg(asm.R2, asm.R7),
+		asm.Sub.Imm(asm.R2, transmitFromEnd),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, slotNew),
+		asm.Mov.Imm(asm.R4, 8),
+		asm.Mov.Imm(asm.R5, 0),
+		asm.FnSkbStoreBytes.Call(),
+		asm.JNE.Imm(asm.R0, 0, "pass"),
+
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Reg(asm.R2, asm.R7),
+		asm.Sub.Imm(asm.R2, checksumFromEnd),
+		asm.Mov.Imm(asm.R3, 0),
+		asm.Mov.Reg(asm.R4, asm.R8),
+		asm.Mov.Imm(asm.R5, markMangled0),
+		asm.FnL4CsumReplace.Call(),
+
+		asm.Mov.Imm(asm.R0, tcxNext).WithSymbol("pass"),
+		asm.Return(),
+	}
+}

@@ -83,7 +83,7 @@ func (s *Server) tryAttachStamper() error {
 			st.Close()
 			return fmt.Errorf("socket on %s has no cookie", w.conn.LocalAddr())
 		}
-		if err := st.Add(cookie); err != nil {
+		if err := st.Add(cookie, w.conn.LocalAddr().Port()); err != nil {
 			st.Close()
 			return err
 		}

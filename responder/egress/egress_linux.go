@@ -2,6 +2,7 @@ package egress
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -25,7 +26,7 @@ const maxSockets = 4096
 // rewrites the transmit timestamp of replies sent from its sockets.
 type Stamper struct {
 	program *ebpf.Program
-	sockets *ebpf.Map // socket cookie -> 1
+	sockets *ebpf.Map // socket cookie -> its port, big-endian
 	offset  *ebpf.Map // one entry: TAI minus UTC, in nanoseconds
 	links   []link.Link
 	devices []string
@@ -50,7 +51,7 @@ func Attach() (*Stamper, error) {
 		Name:       "fastntp_socks",
 		Type:       ebpf.Hash,
 		KeySize:    8,
-		ValueSize:  1,
+		ValueSize:  2,
 		MaxEntries: maxSockets,
 	})
 	if err != nil {
@@ -114,9 +115,11 @@ func Attach() (*Stamper, error) {
 func (s *Stamper) Devices() []string { return s.devices }
 
 // Add makes the program stamp the replies that the socket with the given
-// cookie (SO_COOKIE) sends.
-func (s *Stamper) Add(cookie uint64) error {
-	if err := s.sockets.Put(cookie, uint8(1)); err != nil {
+// cookie (SO_COOKIE), bound to port, sends.
+func (s *Stamper) Add(cookie uint64, port uint16) error {
+	var value [2]byte
+	binary.BigEndian.PutUint16(value[:], port)
+	if err := s.sockets.Put(cookie, value); err != nil {
 		return fmt.Errorf("egress: add socket %d: %w", cookie, err)
 	}
 	return nil
@@ -241,6 +244,7 @@ const (
 // program returns the classifier. In outline:
 //
 //	if socket cookie not in sockets: pass
+//	if UDP source port is not the socket's: pass
 //	if UDP length != 56 or NTP mode is not 4 (server) or 2 (passive): pass
 //	now := ktime_get_tai_ns() - offset
 //	transmit := (now/1e9 + 2208988800) << 32 | (now%1e9 << 32) / 1e9
@@ -250,7 +254,7 @@ const (
 // Whatever it finds, it returns "next", so that programs attached after it
 // still run and the packet is never dropped by it.
 func program(sockets, offset int) asm.Instructions {
-	return asm.Instructions{
+	insns := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1), // R6: the skb
 
 		// Only replies from fastntp's own sockets.
@@ -261,20 +265,19 @@ func program(sockets, offset int) asm.Instructions {
 		asm.Add.Imm(asm.R2, slotKey),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "pass"),
+		// R8: the socket's port, as the UDP header has it.
+		asm.LoadMem(asm.R8, asm.R0, 0, asm.Half),
 
 		// R7: the packet's length, L2 header included.
 		asm.LoadMem(asm.R7, asm.R6, 0, asm.Word),
 		asm.JLT.Imm(asm.R7, udpFromEnd, "pass"),
-
-		// The UDP header and the reply's first bytes.
-		asm.Mov.Reg(asm.R1, asm.R6),
-		asm.Mov.Reg(asm.R2, asm.R7),
-		asm.Sub.Imm(asm.R2, udpFromEnd),
-		asm.Mov.Reg(asm.R3, asm.RFP),
-		asm.Add.Imm(asm.R3, slotHeader),
-		asm.Mov.Imm(asm.R4, 16),
-		asm.FnSkbLoadBytes.Call(),
-		asm.JNE.Imm(asm.R0, 0, "pass"),
+	}
+	// The UDP header and the reply's first bytes.
+	insns = append(insns, packetBytes(asm.FnSkbLoadBytes, udpFromEnd, slotHeader, 16)...)
+	insns = append(insns,
+		// From the socket's port, in a UDP header 8 bytes before a reply.
+		asm.LoadMem(asm.R1, asm.RFP, slotHeader, asm.Half),
+		asm.JNE.Reg(asm.R1, asm.R8, "pass"),
 		asm.LoadMem(asm.R1, asm.RFP, slotHeader+4, asm.Half),
 		asm.HostTo(asm.BE, asm.R1, asm.Half),
 		asm.JNE.Imm(asm.R1, udpLength, "pass"),
@@ -282,17 +285,12 @@ func program(sockets, offset int) asm.Instructions {
 		asm.And.Imm(asm.R1, 7),
 		asm.JEq.Imm(asm.R1, ntpModeServer, "reply"),
 		asm.JNE.Imm(asm.R1, ntpModePassive, "pass"),
-
-		// The stamp user space wrote, for the checksum difference.
-		asm.Mov.Reg(asm.R1, asm.R6).WithSymbol("reply"),
-		asm.Mov.Reg(asm.R2, asm.R7),
-		asm.Sub.Imm(asm.R2, transmitFromEnd),
-		asm.Mov.Reg(asm.R3, asm.RFP),
-		asm.Add.Imm(asm.R3, slotOld),
-		asm.Mov.Imm(asm.R4, 8),
-		asm.FnSkbLoadBytes.Call(),
-		asm.JNE.Imm(asm.R0, 0, "pass"),
-
+	)
+	// The stamp user space wrote, for the checksum difference.
+	old := packetBytes(asm.FnSkbLoadBytes, transmitFromEnd, slotOld, 8)
+	old[0] = old[0].WithSymbol("reply")
+	insns = append(insns, old...)
+	insns = append(insns,
 		// R8: UTC in nanoseconds since 1970.
 		asm.StoreImm(asm.RFP, slotKey, 0, asm.Word),
 		asm.LoadMapPtr(asm.R1, offset),
@@ -332,17 +330,10 @@ func program(sockets, offset int) asm.Instructions {
 		asm.FnCsumDiff.Call(),
 		asm.JSLT.Imm(asm.R0, 0, "pass"),
 		asm.Mov.Reg(asm.R8, asm.R0),
-
-		asm.Mov.Reg(asm.R1, asm.R6),
-		asm.Mov.Reg(asm.R2, asm.R7),
-		asm.Sub.Imm(asm.R2, transmitFromEnd),
-		asm.Mov.Reg(asm.R3, asm.RFP),
-		asm.Add.Imm(asm.R3, slotNew),
-		asm.Mov.Imm(asm.R4, 8),
-		asm.Mov.Imm(asm.R5, 0),
-		asm.FnSkbStoreBytes.Call(),
-		asm.JNE.Imm(asm.R0, 0, "pass"),
-
+	)
+	insns = append(insns, packetBytes(asm.FnSkbStoreBytes, transmitFromEnd, slotNew, 8)...)
+	insns = append(insns,
+		// The UDP checksum, adjusted by the difference.
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.Mov.Reg(asm.R2, asm.R7),
 		asm.Sub.Imm(asm.R2, checksumFromEnd),
@@ -353,5 +344,23 @@ func program(sockets, offset int) asm.Instructions {
 
 		asm.Mov.Imm(asm.R0, tcxNext).WithSymbol("pass"),
 		asm.Return(),
+	)
+	return insns
+}
+
+// packetBytes calls bpf_skb_load_bytes or bpf_skb_store_bytes for the n
+// bytes that start fromEnd bytes before the end of the packet (its length
+// in R7) and the stack slot at slot, and leaves the program if it fails.
+func packetBytes(fn asm.BuiltinFunc, fromEnd, slot, n int32) asm.Instructions {
+	return asm.Instructions{
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Reg(asm.R2, asm.R7),
+		asm.Sub.Imm(asm.R2, fromEnd),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, slot),
+		asm.Mov.Imm(asm.R4, n),
+		asm.Mov.Imm(asm.R5, 0), // store's flags; load has no fifth argument
+		fn.Call(),
+		asm.JNE.Imm(asm.R0, 0, "pass"),
 	}
 }

@@ -68,6 +68,8 @@ func listen(t *testing.T, ns string, addr netip.Addr) *net.UDPConn {
 	return conn
 }
 
+func port(conn *net.UDPConn) uint16 { return conn.LocalAddr().(*net.UDPAddr).AddrPort().Port() }
+
 func cookie(t *testing.T, conn *net.UDPConn) uint64 {
 	t.Helper()
 	raw, err := conn.SyscallConn()
@@ -170,19 +172,21 @@ func TestStamp(t *testing.T) {
 		name       string
 		family     int
 		registered bool
+		wrongPort  bool // registered with another port than its own
 		size       int
 		mode       byte
 		stamped    bool
 	}{
-		{"IPv4 reply", 4, true, 48, 4, true},
-		{"IPv6 reply", 6, true, 48, 4, true},
-		{"IPv4 symmetric passive reply", 4, true, 48, 2, true},
-		{"IPv4 request", 4, true, 48, 3, false},
-		{"IPv6 broadcast mode", 6, true, 48, 5, false},
-		{"reply with an extension", 4, true, 48 + 16, 4, false},
-		{"short datagram", 4, true, 20, 4, false},
-		{"unregistered socket", 4, false, 48, 4, false},
-		{"unregistered socket IPv6", 6, false, 48, 4, false},
+		{"IPv4 reply", 4, true, false, 48, 4, true},
+		{"IPv6 reply", 6, true, false, 48, 4, true},
+		{"IPv4 symmetric passive reply", 4, true, false, 48, 2, true},
+		{"IPv4 request", 4, true, false, 48, 3, false},
+		{"IPv6 broadcast mode", 6, true, false, 48, 5, false},
+		{"reply with an extension", 4, true, false, 48 + 16, 4, false},
+		{"short datagram", 4, true, false, 20, 4, false},
+		{"unregistered socket", 4, false, false, 48, 4, false},
+		{"unregistered socket IPv6", 6, false, false, 48, 4, false},
+		{"registered with another port", 4, true, true, 48, 4, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -192,7 +196,11 @@ func TestStamp(t *testing.T) {
 			}
 			server := listen(t, p.server, serverAddr)
 			if tt.registered {
-				if err := s.Add(cookie(t, server)); err != nil {
+				p := port(server)
+				if tt.wrongPort {
+					p++
+				}
+				if err := s.Add(cookie(t, server), p); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -243,7 +251,7 @@ func TestStampOffset(t *testing.T) {
 		t.Fatal(err)
 	}
 	server := listen(t, p.server, serverAddr4)
-	if err := s.Add(cookie(t, server)); err != nil {
+	if err := s.Add(cookie(t, server), port(server)); err != nil {
 		t.Fatal(err)
 	}
 	client := receiver(t, p.client, clientAddr4)
@@ -265,7 +273,7 @@ func TestClose(t *testing.T) {
 	p := newPair(t)
 	s := attach(t, p.server)
 	server := listen(t, p.server, serverAddr4)
-	if err := s.Add(cookie(t, server)); err != nil {
+	if err := s.Add(cookie(t, server), port(server)); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Close(); err != nil {

@@ -24,7 +24,7 @@ func Attach() (*Stamper, error) { return nil, errUnavailable }
 func (s *Stamper) Devices() []string { return nil }
 
 // Add fails outside Linux.
-func (s *Stamper) Add(cookie uint64) error { return errUnavailable }
+func (s *Stamper) Add(cookie uint64, port uint16) error { return errUnavailable }
 
 // Run returns at once outside Linux.
 func (s *Stamper) Run(ctx context.Context) error { return nil }

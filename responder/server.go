@@ -346,9 +346,13 @@ type worker struct {
 	limiter      *clientTable // nil without rate limiting
 }
 
-// yieldInterval is how often a worker passes through the scheduler: well
-// inside sysmon's 10 ms preemption time slice.
-const yieldInterval = time.Millisecond
+// yieldInterval is how often a worker passes through the scheduler: half of
+// sysmon's 10 ms preemption time slice. A yield is not free: with an idle P
+// (GOMAXPROCS is one more than the workers), Gosched wakes another thread,
+// which may take the goroutine while this one sleeps. Once a millisecond,
+// that futex traffic was a quarter of the worker's CPU samples at 20,000
+// requests/s; every 5 ms, under 1% (docs/benchmarking.md).
+const yieldInterval = 5 * time.Millisecond
 
 func newWorker(conn batch.Conn, cfg Config) *worker {
 	return &worker{
@@ -375,9 +379,8 @@ func (w *worker) run() error {
 		// goroutine that ran too long, takes its P in the middle of a
 		// blocking call and polls every 20 µs, and the goroutine moves
 		// between threads at every request: at 20,000 requests/s that
-		// doubled the CPU cost of a reply. Yielding once a millisecond keeps
-		// sysmon asleep; with nothing else runnable it costs a few hundred
-		// nanoseconds.
+		// doubled the CPU cost of a reply. Yielding every yieldInterval keeps
+		// sysmon asleep.
 		if w.batchStart.Sub(lastYield) > yieldInterval {
 			runtime.Gosched()
 			lastYield = w.batchStart

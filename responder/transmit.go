@@ -204,15 +204,15 @@ func (w *worker) sendReplies(count int) (int, error) {
 
 // sendStampedAtDevice sends the replies in one call, for the eBPF program
 // rewrites each transmit timestamp as the reply reaches the device. The
-// stamp written here, the batch's one clock reading, is what a reply
-// leaving through a device that appeared after start-up keeps.
+// stamp written here, the time the batch was read, is what a reply leaving
+// through a device that appeared after start-up keeps; it needs no clock
+// reading of its own.
 func (w *worker) sendStampedAtDevice(count int) (int, error) {
 	if count == 0 {
 		return 0, nil
 	}
-	now := time.Now()
-	dispersion := w.template.dispersion(now)
-	transmit := ntp.TimeFrom(now)
+	dispersion := w.template.dispersion(w.batchStart)
+	transmit := ntp.TimeFrom(w.batchStart)
 	for i := range count {
 		stamp(w.msgs[i].Buffer, dispersion, transmit)
 	}

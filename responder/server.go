@@ -2,8 +2,10 @@
 //
 // A Server runs workers that each own one socket of an SO_REUSEPORT group.
 // A worker reads a batch of requests, turns each valid one into a reply in
-// its own buffer, stamps them all with one clock reading and writes them as
-// a batch. The synchronization state comes from an upstream.Snapshot loaded
+// its own buffer and writes them as a batch; an eBPF program (package
+// egress) writes each reply's transmit timestamp as it reaches the network
+// device, or, where it cannot be attached, the worker stamps each reply with
+// its predicted departure before the send. The synchronization state comes from an upstream.Snapshot loaded
 // once per batch; nothing on this path locks, logs at normal levels, or
 // allocates.
 package responder

@@ -260,18 +260,16 @@ func program(sockets, offset int) asm.Instructions {
 		// Only replies from fastntp's own sockets.
 		asm.FnGetSocketCookie.Call(),
 		asm.StoreMem(asm.RFP, slotKey, asm.R0, asm.DWord),
-		asm.LoadMapPtr(asm.R1, sockets),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, slotKey),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "pass"),
+	}
+	insns = append(insns, mapLookup(sockets)...)
+	insns = append(insns,
 		// R8: the socket's port, as the UDP header has it.
 		asm.LoadMem(asm.R8, asm.R0, 0, asm.Half),
 
 		// R7: the packet's length, L2 header included.
 		asm.LoadMem(asm.R7, asm.R6, 0, asm.Word),
 		asm.JLT.Imm(asm.R7, udpFromEnd, "pass"),
-	}
+	)
 	// The UDP header and the reply's first bytes.
 	insns = append(insns, packetBytes(asm.FnSkbLoadBytes, udpFromEnd, slotHeader, 16)...)
 	insns = append(insns,
@@ -293,11 +291,9 @@ func program(sockets, offset int) asm.Instructions {
 	insns = append(insns,
 		// R8: UTC in nanoseconds since 1970.
 		asm.StoreImm(asm.RFP, slotKey, 0, asm.Word),
-		asm.LoadMapPtr(asm.R1, offset),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, slotKey),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "pass"),
+	)
+	insns = append(insns, mapLookup(offset)...)
+	insns = append(insns,
 		asm.LoadMem(asm.R9, asm.R0, 0, asm.DWord),
 		asm.FnKtimeGetTaiNs.Call(),
 		asm.Mov.Reg(asm.R8, asm.R0),
@@ -346,6 +342,18 @@ func program(sockets, offset int) asm.Instructions {
 		asm.Return(),
 	)
 	return insns
+}
+
+// mapLookup looks the key in the slotKey stack slot up in the map, leaves
+// the program if it is absent, and leaves a pointer to its value in R0.
+func mapLookup(m int) asm.Instructions {
+	return asm.Instructions{
+		asm.LoadMapPtr(asm.R1, m),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, slotKey),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "pass"),
+	}
 }
 
 // packetBytes calls bpf_skb_load_bytes or bpf_skb_store_bytes for the n

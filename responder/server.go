@@ -243,7 +243,15 @@ func (s *Server) Serve(ctx context.Context) error {
 	defer stop()
 	if s.stamper != nil {
 		wg.Go(func() {
-			if err := s.stamper.Run(ctx); err != nil {
+			err := s.stamper.Run(ctx, func(device string, err error) {
+				if err != nil {
+					s.cfg.Logger.Warn("replies through a new device are stamped before the send: it refused the stamper",
+						zap.String("device", device), zap.Error(err))
+					return
+				}
+				s.cfg.Logger.Info("stamping replies at a new device", zap.String("device", device))
+			})
+			if err != nil {
 				// The program is detached; the replies carry the stamps
 				// read before each send, which the workers now predict.
 				s.deviceStamps.Store(false)

@@ -5,7 +5,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -28,24 +31,48 @@ type Stamper struct {
 	program *ebpf.Program
 	sockets *ebpf.Map // socket cookie -> its port, big-endian
 	offset  *ebpf.Map // one entry: TAI minus UTC, in nanoseconds
-	links   []link.Link
-	devices []string
+	// netns identifies the network namespace Attach ran in, whose devices
+	// the program serves.
+	netns uint64
 
 	// readOffset returns the kernel's TAI offset in nanoseconds; tests
 	// replace it.
 	readOffset func() (int64, error)
 
 	mu         sync.Mutex
+	devices    map[int]*device // by interface index
+	refused    map[int]string  // devices that refused the program, by index, with their names
 	lastOffset int64
 	closed     bool
 }
 
+// refusal is a device's refusal of the program.
+type refusal struct {
+	name string
+	err  error
+}
+
+func (r refusal) Error() string { return r.name + ": " + r.err.Error() }
+func (r refusal) Unwrap() error { return r.err }
+
+// device is one network device the program is attached to.
+type device struct {
+	name string
+	link link.Link
+}
+
 // Attach loads the program and attaches it to the egress of every network
-// device the host has now. It needs CAP_BPF and CAP_NET_ADMIN, and Linux 6.6
-// or later (TCX). A device that refuses the program is left out; Attach
+// device of the calling thread's network namespace; Run attaches it to the
+// devices that appear later. It needs CAP_BPF and CAP_NET_ADMIN, and Linux
+// 6.6 or later (TCX). A device that refuses the program is left out; Attach
 // fails only if none accepts it.
 func Attach() (*Stamper, error) {
-	s := &Stamper{lastOffset: unsetOffset, readOffset: kernelOffset}
+	s := &Stamper{
+		lastOffset: unsetOffset,
+		readOffset: kernelOffset,
+		devices:    make(map[int]*device),
+		refused:    make(map[int]string),
+	}
 	var err error
 	s.sockets, err = ebpf.NewMap(&ebpf.MapSpec{
 		Name:       "fastntp_socks",
@@ -85,34 +112,94 @@ func Attach() (*Stamper, error) {
 		s.Close()
 		return nil, fmt.Errorf("egress: load program: %w", err)
 	}
-	interfaces, err := net.Interfaces()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if s.netns, err = currentNetns(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.mu.Lock()
+	_, refused, err := s.attachNew()
+	attached := len(s.devices)
+	s.mu.Unlock()
 	if err != nil {
 		s.Close()
-		return nil, fmt.Errorf("egress: list interfaces: %w", err)
+		return nil, err
 	}
-	var refused []error
+	if attached == 0 {
+		s.Close()
+		errs := make([]error, len(refused))
+		for i, r := range refused {
+			errs[i] = r
+		}
+		return nil, fmt.Errorf("egress: attach to any device: %w", errors.Join(errs...))
+	}
+	return s, nil
+}
+
+// attachNew attaches the program to every device of the calling thread's
+// network namespace that it is not yet attached to and that has not refused
+// it, and lets go of the devices that are gone. It returns the devices it
+// attached the program to and those that refused it. The caller holds
+// s.mu, and its thread is locked.
+func (s *Stamper) attachNew() (attached []string, refused []refusal, err error) {
+	interfaces, err := net.Interfaces()
+	if err != nil {
+		return nil, nil, fmt.Errorf("egress: list interfaces: %w", err)
+	}
+	present := make(map[int]string, len(interfaces))
 	for _, ifc := range interfaces {
+		present[ifc.Index] = ifc.Name
+	}
+	// The kernel detaches the program from a device that goes away; what
+	// is left to do is close the link. An index taken by a new device is
+	// attached anew.
+	for index, d := range s.devices {
+		if present[index] != d.name {
+			d.link.Close()
+			delete(s.devices, index)
+		}
+	}
+	for index, name := range s.refused {
+		if present[index] != name {
+			delete(s.refused, index)
+		}
+	}
+	for _, ifc := range interfaces {
+		if _, ok := s.devices[ifc.Index]; ok {
+			continue
+		}
+		if _, ok := s.refused[ifc.Index]; ok {
+			continue
+		}
 		l, err := link.AttachTCX(link.TCXOptions{
 			Interface: ifc.Index,
 			Program:   s.program,
 			Attach:    ebpf.AttachTCXEgress,
 		})
 		if err != nil {
-			refused = append(refused, fmt.Errorf("%s: %w", ifc.Name, err))
+			s.refused[ifc.Index] = ifc.Name
+			refused = append(refused, refusal{ifc.Name, err})
 			continue
 		}
-		s.links = append(s.links, l)
-		s.devices = append(s.devices, ifc.Name)
+		s.devices[ifc.Index] = &device{name: ifc.Name, link: l}
+		attached = append(attached, ifc.Name)
 	}
-	if len(s.links) == 0 {
-		s.Close()
-		return nil, fmt.Errorf("egress: attach to any device: %w", errors.Join(refused...))
-	}
-	return s, nil
+	return attached, refused, nil
 }
 
-// Devices returns the names of the devices the program is attached to.
-func (s *Stamper) Devices() []string { return s.devices }
+// Devices returns the names of the devices the program is attached to, in
+// the order of their interface indexes.
+func (s *Stamper) Devices() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	indexes := slices.Sorted(maps.Keys(s.devices))
+	names := make([]string, len(indexes))
+	for i, index := range indexes {
+		names[i] = s.devices[index].name
+	}
+	return names
+}
 
 // Add makes the program stamp the replies that the socket with the given
 // cookie (SO_COOKIE), bound to port, sends.
@@ -131,24 +218,75 @@ func (s *Stamper) Add(cookie uint64, port uint16) error {
 // any case.
 const refreshInterval = 250 * time.Millisecond
 
-// Run keeps the program's TAI offset equal to the kernel's until ctx is
-// done. If the offset changes and the program cannot be told, Run detaches
-// the program, so that the replies fall back to their user-space stamps
-// rather than carry a wrong one, and returns the error.
-func (s *Stamper) Run(ctx context.Context) error {
-	t := time.NewTicker(refreshInterval)
-	defer t.Stop()
+// rescanInterval is how often Run looks for devices that appeared after
+// Attach (a VPN's tunnel, a bridge, a NIC brought up late), so that replies
+// through them are stamped at the device too.
+const rescanInterval = time.Second
+
+// Run keeps the program's TAI offset equal to the kernel's, and attaches
+// the program to devices that appear, until ctx is done. If the offset
+// changes and the program cannot be told, Run detaches the program, so that
+// the replies fall back to their user-space stamps rather than carry a
+// wrong one, and returns the error. A device that refuses the program keeps
+// the user-space stamps. Unless it is nil, Run calls onDevice with the name
+// of each device it attaches the program to, and of each that refuses it
+// with the reason.
+func (s *Stamper) Run(ctx context.Context, onDevice func(name string, err error)) error {
+	offset := time.NewTicker(refreshInterval)
+	defer offset.Stop()
+	rescan := time.NewTicker(rescanInterval)
+	defer rescan.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-t.C:
-		}
-		if err := s.refreshOffset(); err != nil {
-			s.Close()
-			return err
+		case <-offset.C:
+			if err := s.refreshOffset(); err != nil {
+				s.Close()
+				return err
+			}
+		case <-rescan.C:
+			attached, refused := s.rescan()
+			if onDevice == nil {
+				continue
+			}
+			for _, name := range attached {
+				onDevice(name, nil)
+			}
+			for _, r := range refused {
+				onDevice(r.name, r.err)
+			}
 		}
 	}
+}
+
+// rescan attaches the program to new devices, from a thread in the network
+// namespace that Attach ran in; from any other it does nothing, rather than
+// reach into a namespace that is not the server's. Failing to list the
+// devices is not worth stopping for: the next rescan tries again.
+func (s *Stamper) rescan() (attached []string, refused []refusal) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if ns, err := currentNetns(); err != nil || ns != s.netns {
+		return nil, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, nil
+	}
+	attached, refused, _ = s.attachNew()
+	return attached, refused
+}
+
+// currentNetns identifies the calling thread's network namespace by the
+// inode of its namespace file.
+func currentNetns() (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return 0, fmt.Errorf("egress: network namespace: %w", err)
+	}
+	return st.Ino, nil
 }
 
 // refreshOffset copies the kernel's TAI offset into the program's map when
@@ -193,8 +331,8 @@ func (s *Stamper) Close() error {
 	}
 	s.closed = true
 	var errs []error
-	for _, l := range s.links {
-		errs = append(errs, l.Close())
+	for _, d := range s.devices {
+		errs = append(errs, d.link.Close())
 	}
 	if s.program != nil {
 		errs = append(errs, s.program.Close())

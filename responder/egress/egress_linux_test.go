@@ -1,10 +1,12 @@
 package egress_test
 
 import (
+	"context"
 	"encoding/binary"
 	"net"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"testing"
 	"time"
 
@@ -31,13 +33,31 @@ var (
 
 func newPair(t *testing.T) pair {
 	t.Helper()
+	p := newNamespaces(t)
+	p.join(t)
+	return p
+}
+
+// newNamespaces returns a server and a client namespace, not yet joined.
+func newNamespaces(t *testing.T) pair {
+	t.Helper()
 	chronytest.Require(t, "ethtool")
-	p := pair{server: chronytest.Namespace(t), client: chronytest.Namespace(t)}
+	return pair{server: chronytest.Namespace(t), client: chronytest.Namespace(t)}
+}
+
+func run(t *testing.T, ns string, args ...string) {
+	t.Helper()
+	if out, err := chronytest.Command(ns, args[0], args[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %v: %s", args, err, out)
+	}
+}
+
+// join adds the veth pair stamp0 (server) and stamp1 (client).
+func (p pair) join(t *testing.T) {
+	t.Helper()
 	run := func(ns string, args ...string) {
 		t.Helper()
-		if out, err := chronytest.Command(ns, args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%v: %v: %s", args, err, out)
-		}
+		run(t, ns, args...)
 	}
 	run(p.server, "ip", "link", "add", "stamp0", "type", "veth", "peer", "name", "stamp1", "netns", p.client)
 	run(p.server, "ethtool", "-K", "stamp0", "tx", "off")
@@ -49,7 +69,6 @@ func newPair(t *testing.T) pair {
 		run(side.ns, "ip", "addr", "add", side.v6.String()+"/64", "dev", side.dev, "nodad")
 		run(side.ns, "ip", "link", "set", side.dev, "up")
 	}
-	return p
 }
 
 // listen opens a UDP socket in namespace ns.
@@ -292,5 +311,97 @@ func TestClose(t *testing.T) {
 	}
 	if out, err := exec.Command("ip", "netns", "exec", p.server, "ip", "link", "show", "stamp0").CombinedOutput(); err != nil {
 		t.Fatalf("%v: %s", err, out)
+	}
+}
+
+// TestNewDevice checks that Run attaches the program to a device that
+// appears after Attach, reports it, stamps replies through it, and lets go
+// of it when it is gone.
+func TestNewDevice(t *testing.T) {
+	chronytest.RequireRoot(t)
+	p := newNamespaces(t)
+	s := attach(t, p.server)
+	if got := s.Devices(); !slices.Equal(got, []string{"lo"}) {
+		t.Fatalf("attached to %v, want lo alone", got)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	reported := make(chan string, 10)
+	done := make(chan error, 1)
+	go func() {
+		// Run looks for devices from its own thread's namespace.
+		done <- chronytest.InNamespace(p.server, func() error {
+			return s.Run(ctx, func(device string, err error) {
+				if err != nil {
+					t.Errorf("%s refused the program: %v", device, err)
+				}
+				reported <- device
+			})
+		})
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+
+	p.join(t)
+	select {
+	case device := <-reported:
+		if device != "stamp0" {
+			t.Fatalf("reported %q, want stamp0", device)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the new device was not reported within 5 s")
+	}
+	if got := s.Devices(); !slices.Equal(got, []string{"lo", "stamp0"}) {
+		t.Fatalf("attached to %v, want lo and stamp0", got)
+	}
+	server := listen(t, p.server, serverAddr4)
+	if err := s.Add(cookie(t, server), port(server)); err != nil {
+		t.Fatal(err)
+	}
+	client := receiver(t, p.client, clientAddr4)
+	if _, err := server.WriteToUDPAddrPort(packet(48, 4), client.LocalAddr().(*net.UDPAddr).AddrPort()); err != nil {
+		t.Fatal(err)
+	}
+	got, arrived := receive(t, client)
+	if transmitOf(got) == userStamp {
+		t.Fatal("a reply through the new device kept its user-space stamp")
+	}
+	if lead := arrived.Sub(transmitOf(got).Time(arrived)); lead < -time.Microsecond || lead > 5*time.Millisecond {
+		t.Fatalf("transmit timestamp is %v before the arrival", lead)
+	}
+
+	run(t, p.server, "ip", "link", "del", "stamp0")
+	deadline := time.Now().Add(5 * time.Second)
+	for !slices.Equal(s.Devices(), []string{"lo"}) {
+		if time.Now().After(deadline) {
+			t.Fatalf("still attached to %v 5 s after stamp0 was deleted", s.Devices())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestRescanElsewhere checks that Run, called from a thread outside the
+// namespace Attach ran in, attaches the program to nothing there.
+func TestRescanElsewhere(t *testing.T) {
+	chronytest.RequireRoot(t)
+	p := newNamespaces(t)
+	s := attach(t, p.server)
+	// A device of the other namespace that the program would take.
+	run(t, p.client, "ip", "link", "add", "other0", "type", "veth", "peer", "name", "other1")
+	ctx, cancel := context.WithTimeout(context.Background(), 2500*time.Millisecond)
+	defer cancel()
+	err := chronytest.InNamespace(p.client, func() error {
+		return s.Run(ctx, func(device string, err error) {
+			t.Errorf("reported %s (%v) from another namespace", device, err)
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Devices(); !slices.Equal(got, []string{"lo"}) {
+		t.Fatalf("attached to %v, want lo alone", got)
 	}
 }

@@ -27,7 +27,7 @@ func (s *Stamper) Devices() []string { return nil }
 func (s *Stamper) Add(cookie uint64, port uint16) error { return errUnavailable }
 
 // Run returns at once outside Linux.
-func (s *Stamper) Run(ctx context.Context) error { return nil }
+func (s *Stamper) Run(ctx context.Context, onDevice func(name string, err error)) error { return nil }
 
 // Close does nothing outside Linux.
 func (s *Stamper) Close() error { return nil }

@@ -162,6 +162,21 @@ func packet(size int, mode byte) []byte {
 
 func transmitOf(b []byte) ntp.Time64 { return ntp.Time64(binary.BigEndian.Uint64(b[40:48])) }
 
+// replyThrough sends a 48-byte reply from a socket registered with s in the
+// server namespace to a client over IPv4, and returns what arrived and when.
+func replyThrough(t *testing.T, s *egress.Stamper, p pair) ([]byte, time.Time) {
+	t.Helper()
+	server := listen(t, p.server, serverAddr4)
+	if err := s.Add(cookie(t, server), port(server)); err != nil {
+		t.Fatal(err)
+	}
+	client := receiver(t, p.client, clientAddr4)
+	if _, err := server.WriteToUDPAddrPort(packet(48, 4), client.LocalAddr().(*net.UDPAddr).AddrPort()); err != nil {
+		t.Fatal(err)
+	}
+	return receive(t, client)
+}
+
 func attach(t *testing.T, ns string) *egress.Stamper {
 	t.Helper()
 	var s *egress.Stamper
@@ -269,15 +284,7 @@ func TestStampOffset(t *testing.T) {
 	if err := egress.SetOffsetSource(s, func() (int64, error) { return int64(told), nil }); err != nil {
 		t.Fatal(err)
 	}
-	server := listen(t, p.server, serverAddr4)
-	if err := s.Add(cookie(t, server), port(server)); err != nil {
-		t.Fatal(err)
-	}
-	client := receiver(t, p.client, clientAddr4)
-	if _, err := server.WriteToUDPAddrPort(packet(48, 4), client.LocalAddr().(*net.UDPAddr).AddrPort()); err != nil {
-		t.Fatal(err)
-	}
-	got, arrived := receive(t, client)
+	got, arrived := replyThrough(t, s, p)
 	behind := arrived.Sub(transmitOf(got).Time(arrived))
 	want := told - time.Duration(tx.Tai)*time.Second
 	if d := behind - want; d < -time.Microsecond || d > 5*time.Millisecond {
@@ -357,15 +364,7 @@ func TestNewDevice(t *testing.T) {
 	if got := s.Devices(); !slices.Equal(got, []string{"lo", "stamp0"}) {
 		t.Fatalf("attached to %v, want lo and stamp0", got)
 	}
-	server := listen(t, p.server, serverAddr4)
-	if err := s.Add(cookie(t, server), port(server)); err != nil {
-		t.Fatal(err)
-	}
-	client := receiver(t, p.client, clientAddr4)
-	if _, err := server.WriteToUDPAddrPort(packet(48, 4), client.LocalAddr().(*net.UDPAddr).AddrPort()); err != nil {
-		t.Fatal(err)
-	}
-	got, arrived := receive(t, client)
+	got, arrived := replyThrough(t, s, p)
 	if transmitOf(got) == userStamp {
 		t.Fatal("a reply through the new device kept its user-space stamp")
 	}

@@ -205,9 +205,9 @@ func (w *worker) sendReplies(count int) (int, error) {
 // sendStampedAtDevice sends the replies in one call, for the eBPF program
 // rewrites each transmit timestamp as the reply reaches the device. The
 // stamp written here, the time the batch was read, is what a reply keeps
-// when it leaves through a device without the program (one that appeared
-// less than a second ago, or refused it); it needs no clock reading of its
-// own.
+// when it leaves through a device without the program (one so new that
+// the program has not reached it yet, or one that refused it); it needs no
+// clock reading of its own.
 func (w *worker) sendStampedAtDevice(count int) (int, error) {
 	if count == 0 {
 		return 0, nil

@@ -383,21 +383,28 @@ func TestNewDevice(t *testing.T) {
 }
 
 // TestRescanElsewhere checks that Run, called from a thread outside the
-// namespace Attach ran in, attaches the program to nothing there.
+// namespace Attach ran in, attaches the program to nothing there, even when
+// a device appears in its own.
 func TestRescanElsewhere(t *testing.T) {
 	chronytest.RequireRoot(t)
 	p := newNamespaces(t)
 	s := attach(t, p.server)
-	// A device of the other namespace that the program would take.
+	// Devices of the other namespace that the program would take.
 	run(t, p.client, "ip", "link", "add", "other0", "type", "veth", "peer", "name", "other1")
-	ctx, cancel := context.WithTimeout(context.Background(), 2500*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
 	defer cancel()
-	err := chronytest.InNamespace(p.client, func() error {
-		return s.Run(ctx, func(device string, err error) {
-			t.Errorf("reported %s (%v) from another namespace", device, err)
+	done := make(chan error, 1)
+	go func() {
+		done <- chronytest.InNamespace(p.client, func() error {
+			return s.Run(ctx, func(device string, err error) {
+				t.Errorf("reported %s (%v) from another namespace", device, err)
+			})
 		})
-	})
-	if err != nil {
+	}()
+	// A device of the server's namespace, announced to Run.
+	time.Sleep(100 * time.Millisecond)
+	run(t, p.server, "ip", "link", "add", "new0", "type", "veth", "peer", "name", "new1")
+	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
 	if got := s.Devices(); !slices.Equal(got, []string{"lo"}) {

@@ -229,13 +229,12 @@ const refreshInterval = 250 * time.Millisecond
 // Run keeps the program's TAI offset equal to the kernel's, and attaches
 // the program to devices that appear after Attach (a VPN's tunnel, a
 // bridge, a NIC brought up late) as the kernel announces them, until ctx is
-// done. If the offset
-// changes and the program cannot be told, Run detaches the program, so that
-// the replies fall back to their user-space stamps rather than carry a
-// wrong one, and returns the error. A device that refuses the program keeps
-// the user-space stamps. Unless it is nil, Run calls onDevice with the name
-// of each device it attaches the program to, and of each that refuses it
-// with the reason.
+// done. If the offset changes and the program cannot be told, Run detaches
+// the program, so that the replies fall back to their user-space stamps
+// rather than carry a wrong one, and returns the error. A device that
+// refuses the program keeps the user-space stamps. Unless it is nil, Run
+// calls onDevice with the name of each device it attaches the program to,
+// and of each that refuses it with the reason. A Stamper runs once.
 func (s *Stamper) Run(ctx context.Context, onDevice func(name string, err error)) error {
 	offset := time.NewTicker(refreshInterval)
 	defer offset.Stop()

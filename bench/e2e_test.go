@@ -36,6 +36,8 @@ func startFastntp(t *testing.T, backend netip.AddrPort) netip.AddrPort {
 		Listeners:     []responder.Listener{{Address: netip.MustParseAddrPort("127.0.0.1:0"), Workers: 2}},
 		Source:        poller,
 		ReceiveBuffer: 4 << 20,
+		// Not at the device: the host's devices are not the test's.
+		TransmitStamps: responder.StampSyscall,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@
 package responder
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -73,6 +74,10 @@ type Config struct {
 	// TransmitStamps selects where replies get their transmit timestamps.
 	// The zero value is StampAuto.
 	TransmitStamps Stamping
+	// StampCheckInterval is how often a server that stamps at the device
+	// compares the replies stamped there with those sent, and warns when
+	// fewer than 99% were stamped. If zero, once a minute.
+	StampCheckInterval time.Duration
 
 	// listen opens one worker's socket; tests replace it to inject faults.
 	// If nil, batch.Listen.
@@ -243,21 +248,14 @@ func (s *Server) Serve(ctx context.Context) error {
 	defer stop()
 	if s.stamper != nil {
 		wg.Go(func() {
-			err := s.stamper.Run(ctx, func(device string, err error) {
-				if err != nil {
-					s.cfg.Logger.Warn("replies through a new device are stamped before the send: it refused the stamper",
-						zap.String("device", device), zap.Error(err))
-					return
-				}
-				s.cfg.Logger.Info("stamping replies at a new device", zap.String("device", device))
-			})
-			if err != nil {
+			if err := s.stamper.Run(ctx, s.logStamperEvent); err != nil {
 				// The program is detached; the replies carry the stamps
 				// read before each send, which the workers now predict.
 				s.deviceStamps.Store(false)
 				s.cfg.Logger.Warn("stamping replies before each send from now on", zap.Error(err))
 			}
 		})
+		wg.Go(func() { s.watchDeviceStamps(ctx, cmp.Or(s.cfg.StampCheckInterval, defaultStampCheck)) })
 	}
 	for _, w := range s.workers {
 		s.running.Add(1)

@@ -23,6 +23,7 @@ import (
 	"github.com/fastntp/fastntp/batch"
 	"github.com/fastntp/fastntp/internal/chronytest"
 	"github.com/fastntp/fastntp/internal/ntp"
+	"github.com/fastntp/fastntp/responder/egress"
 	"github.com/fastntp/fastntp/upstream"
 )
 
@@ -47,9 +48,12 @@ func freshSnapshot() *upstream.Snapshot {
 }
 
 // startServer serves cfg until the test ends, then checks that Serve returns
-// and that no worker goroutine outlives it.
+// and that no worker goroutine outlives it. Unless cfg asks for stamps at
+// the device, replies are stamped before the send: the test's namespace
+// is the host's, whose devices are not the test's to attach programs to.
 func startServer(t testing.TB, cfg Config) *Server {
 	t.Helper()
+	cfg.TransmitStamps = hostStamps(cfg.TransmitStamps)
 	before := runtime.NumGoroutine()
 	srv, err := Listen(cfg)
 	if err != nil {
@@ -57,6 +61,15 @@ func startServer(t testing.TB, cfg Config) *Server {
 	}
 	serve(t, srv, before)
 	return srv
+}
+
+// hostStamps is how a test in the host's namespace stamps: never with the
+// device stamper, which StampAuto would attach to every device of the host.
+func hostStamps(s Stamping) Stamping {
+	if s == StampAuto {
+		return StampSyscall
+	}
+	return s
 }
 
 // serve runs srv until the test ends, then checks that Serve returns and
@@ -89,8 +102,11 @@ func serve(t testing.TB, srv *Server, before int) {
 // namespace whose only device is lo, and that a reply's transmit timestamp
 // follows its receive timestamp and is close to its arrival at the client:
 // before it, when read at the device. A stamp predicted before the send may
-// run ahead of the arrival, by as much as the predictor misjudges.
+// run ahead of the arrival, by as much as the predictor misjudges. At the
+// device, the program must have stamped every reply: the stamp user space
+// writes before the send meets the same bounds.
 func TestTransmitStamps(t *testing.T) {
+	chronytest.KeepTAI(t)
 	ns := chronytest.Namespace(t)
 	for _, tc := range []struct {
 		stamping Stamping
@@ -139,6 +155,10 @@ func TestTransmitStamps(t *testing.T) {
 				if transmit.Before(received) || ahead || arrived.Sub(transmit).Abs() > 10*time.Millisecond {
 					t.Fatalf("received %v, transmitted %v, arrived %v", received, transmit, arrived)
 				}
+			}
+			counts, atDevice := srv.DeviceStamps()
+			if want := tc.devices != nil; atDevice != want || (want && counts != egress.Counts{Stamped: 50}) {
+				t.Errorf("DeviceStamps() = %+v, %v; want 50 stamped: %v", counts, atDevice, want)
 			}
 		})
 	}
@@ -289,7 +309,7 @@ func TestListenErrors(t *testing.T) {
 		}
 	}
 	// An optional listener that cannot bind is skipped.
-	srv, err := Listen(Config{Source: src, Listeners: []Listener{
+	srv, err := Listen(Config{Source: src, TransmitStamps: StampSyscall, Listeners: []Listener{
 		{Address: netip.MustParseAddrPort("127.0.0.1:0"), Workers: 1},
 		{Address: netip.MustParseAddrPort("192.0.2.1:0"), Workers: 1, Optional: true},
 	}})
@@ -549,7 +569,7 @@ func (c *failingConn) Close() error {
 // non-zero and its supervisor restarts it.
 func TestWorkerFailureStopsServe(t *testing.T) {
 	var conns []*failingConn
-	cfg := Config{Listeners: loopbackListeners(2)[:1], Source: newStaticSource(freshSnapshot())}
+	cfg := Config{Listeners: loopbackListeners(2)[:1], Source: newStaticSource(freshSnapshot()), TransmitStamps: StampSyscall}
 	cfg.Listeners[0].Workers = 2
 	cfg.listen = func(c batch.Config) (batch.Conn, error) {
 		conn, err := batch.Listen(c)
@@ -595,7 +615,7 @@ func TestListenRefusesSharedAddress(t *testing.T) {
 		{Address: netip.AddrPortFrom(netip.IPv4Unspecified(), chronyd.Addr.Port()), Workers: 1},
 		{Address: chronyd.Addr, Workers: 1, Optional: true},
 	} {
-		srv, err := Listen(Config{Listeners: []Listener{l}, Source: src})
+		srv, err := Listen(Config{Listeners: []Listener{l}, Source: src, TransmitStamps: StampSyscall})
 		if err == nil {
 			srv.close()
 			t.Errorf("Listen(%v) beside chronyd on %v succeeded", l, chronyd.Addr)
@@ -607,7 +627,7 @@ func TestListenRefusesSharedAddress(t *testing.T) {
 	}
 	// A second fastntp on the same address is refused too.
 	first := startServer(t, Config{Listeners: loopbackListeners(2)[:1], Source: src})
-	if srv, err := Listen(Config{Listeners: []Listener{{Address: first.Addrs()[0], Workers: 1}}, Source: src}); err == nil {
+	if srv, err := Listen(Config{Listeners: []Listener{{Address: first.Addrs()[0], Workers: 1}}, Source: src, TransmitStamps: StampSyscall}); err == nil {
 		srv.close()
 		t.Errorf("a second server on %v started", first.Addrs()[0])
 	}

@@ -83,7 +83,7 @@ func (s *Server) tryAttachStamper() error {
 			st.Close()
 			return fmt.Errorf("socket on %s has no cookie", w.conn.LocalAddr())
 		}
-		if err := st.Add(cookie, w.conn.LocalAddr().Port()); err != nil {
+		if err := st.Add(cookie); err != nil {
 			st.Close()
 			return err
 		}
@@ -204,16 +204,18 @@ func (w *worker) sendReplies(count int) (int, error) {
 
 // sendStampedAtDevice sends the replies in one call, for the eBPF program
 // rewrites each transmit timestamp as the reply reaches the device. The
-// stamp written here, the time the batch was read, is what a reply keeps
-// when it leaves through a device without the program (one so new that
-// the program has not reached it yet, or one that refused it); it needs no
-// clock reading of its own.
+// stamp written here, read just before the call, is what a reply keeps
+// where the program leaves it alone: when it leaves through a device
+// without the program (one so new that the program has not reached it yet,
+// or one that refused it), and when the program's clock disagrees with this
+// reading by more than egress.Guard (the kernel's TAI offset changed).
 func (w *worker) sendStampedAtDevice(count int) (int, error) {
 	if count == 0 {
 		return 0, nil
 	}
-	dispersion := w.template.dispersion(w.batchStart)
-	transmit := ntp.TimeFrom(w.batchStart)
+	now := time.Now()
+	dispersion := w.template.dispersion(now)
+	transmit := ntp.TimeFrom(now)
 	for i := range count {
 		stamp(w.msgs[i].Buffer, dispersion, transmit)
 	}

@@ -187,3 +187,14 @@ func Query(addr netip.AddrPort, timeout time.Duration) (ntp.Header, error) {
 	}
 	return r.Server, nil
 }
+
+// QueryIn is Query from a socket in namespace ns.
+func QueryIn(ns string, addr netip.AddrPort, timeout time.Duration) (ntp.Header, error) {
+	var h ntp.Header
+	err := InNamespace(ns, func() error {
+		var err error
+		h, err = Query(addr, timeout)
+		return err
+	})
+	return h, err
+}

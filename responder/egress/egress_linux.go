@@ -2,7 +2,6 @@ package egress
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"maps"
@@ -30,22 +29,27 @@ const maxSockets = 4096
 // rewrites the transmit timestamp of replies sent from its sockets.
 type Stamper struct {
 	program *ebpf.Program
-	sockets *ebpf.Map // socket cookie -> its port, big-endian
+	sockets *ebpf.Map // socket cookies; the value is unused
 	offset  *ebpf.Map // one entry: TAI minus UTC, in nanoseconds
+	counts  *ebpf.Map // per CPU: the fields of Counts, in order
 	// netns identifies the network namespace Attach ran in, whose devices
 	// the program serves.
 	netns uint64
-	// linkEvents is a netlink socket of that namespace on which the kernel
-	// announces devices that come and go, or nil if it could not be opened.
-	linkEvents *os.File
 
 	// readOffset returns the kernel's TAI offset in nanoseconds; tests
 	// replace it.
 	readOffset func() (int64, error)
 
-	mu         sync.Mutex
+	mu sync.Mutex
+	// linkEvents is a netlink socket of the server's namespace on which
+	// the kernel announces devices that come and go, until Run takes it;
+	// nil, with linkErr saying why, if it could not be opened.
+	linkEvents *os.File
+	linkErr    error
 	devices    map[int]*device // by interface index
 	refused    map[int]string  // devices that refused the program, by index, with their names
+	// unreported holds the refusals of Attach, for Run to report.
+	unreported []refusal
 	lastOffset int64
 	closed     bool
 }
@@ -65,11 +69,20 @@ type device struct {
 	link link.Link
 }
 
-// Attach loads the program and attaches it to the egress of every network
-// device of the calling thread's network namespace; Run attaches it to the
-// devices that appear later. It needs CAP_BPF and CAP_NET_ADMIN, and Linux
-// 6.6 or later (TCX). A device that refuses the program is left out; Attach
-// fails only if none accepts it.
+// subscribe opens the socket on which the kernel announces device changes;
+// tests replace it to make it fail.
+var subscribe = subscribeLinks
+
+// watchRetry is how long Run waits before it subscribes to the kernel's
+// device announcements again after a failure.
+var watchRetry = 5 * time.Second
+
+// Attach loads the program and attaches it, ahead of any other program, to
+// the egress of every network device of the calling thread's network
+// namespace; Run attaches it to the devices that appear later. It needs
+// CAP_BPF and CAP_NET_ADMIN, and Linux 6.6 or later (TCX). A device that
+// refuses the program is left out, and Run reports it; Attach fails only
+// if none accepts it.
 func Attach() (*Stamper, error) {
 	s := &Stamper{
 		lastOffset: unsetOffset,
@@ -82,7 +95,7 @@ func Attach() (*Stamper, error) {
 		Name:       "fastntp_socks",
 		Type:       ebpf.Hash,
 		KeySize:    8,
-		ValueSize:  2,
+		ValueSize:  1,
 		MaxEntries: maxSockets,
 	})
 	if err != nil {
@@ -99,6 +112,17 @@ func Attach() (*Stamper, error) {
 		s.Close()
 		return nil, fmt.Errorf("egress: create offset map: %w", err)
 	}
+	s.counts, err = ebpf.NewMap(&ebpf.MapSpec{
+		Name:       "fastntp_counts",
+		Type:       ebpf.PerCPUArray,
+		KeySize:    4,
+		ValueSize:  8,
+		MaxEntries: numCounts,
+	})
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("egress: create count map: %w", err)
+	}
 	// The offset goes in before the program can run, so that no reply is
 	// stamped on the TAI scale.
 	if err := s.refreshOffset(); err != nil {
@@ -109,7 +133,7 @@ func Attach() (*Stamper, error) {
 		Name:         "fastntp_stamp",
 		Type:         ebpf.SchedCLS,
 		AttachType:   ebpf.AttachTCXEgress,
-		Instructions: program(s.sockets.FD(), s.offset.FD()),
+		Instructions: program(s.sockets.FD(), s.offset.FD(), s.counts.FD()),
 		License:      "Dual MIT/GPL",
 	})
 	if err != nil {
@@ -124,11 +148,12 @@ func Attach() (*Stamper, error) {
 	}
 	// Subscribed before the devices are listed, so that none that appears
 	// in between goes unnoticed. Without the subscription, the devices of
-	// now are served all the same.
-	s.linkEvents, _ = subscribeLinks()
+	// now are served all the same, and Run reports it and tries again.
+	s.linkEvents, s.linkErr = subscribe()
 	s.mu.Lock()
 	_, refused, err := s.attachNew()
 	attached := len(s.devices)
+	s.unreported = refused
 	s.mu.Unlock()
 	if err != nil {
 		s.Close()
@@ -180,10 +205,14 @@ func (s *Stamper) attachNew() (attached []string, refused []refusal, err error) 
 		if _, ok := s.refused[ifc.Index]; ok {
 			continue
 		}
+		// At the head: a program ahead of this one that returns "pass"
+		// ends the chain and would leave replies unstamped, and agents
+		// such as Cilium's append their programs at the tail.
 		l, err := link.AttachTCX(link.TCXOptions{
 			Interface: ifc.Index,
 			Program:   s.program,
 			Attach:    ebpf.AttachTCXEgress,
+			Anchor:    link.Head(),
 		})
 		if err != nil {
 			s.refused[ifc.Index] = ifc.Name
@@ -209,45 +238,96 @@ func (s *Stamper) Devices() []string {
 	return names
 }
 
+// Refused returns the names of the devices that refused the program, in
+// the order of their interface indexes.
+func (s *Stamper) Refused() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	indexes := slices.Sorted(maps.Keys(s.refused))
+	names := make([]string, len(indexes))
+	for i, index := range indexes {
+		names[i] = s.refused[index]
+	}
+	return names
+}
+
 // Add makes the program stamp the replies that the socket with the given
-// cookie (SO_COOKIE), bound to port, sends.
-func (s *Stamper) Add(cookie uint64, port uint16) error {
-	var value [2]byte
-	binary.BigEndian.PutUint16(value[:], port)
-	if err := s.sockets.Put(cookie, value); err != nil {
+// cookie (SO_COOKIE) sends. The socket is known by its cookie alone, not its
+// port, so that replies whose source port NAT rewrote (a redirect from port
+// 123) are stamped too.
+func (s *Stamper) Add(cookie uint64) error {
+	if err := s.sockets.Put(cookie, uint8(0)); err != nil {
 		return fmt.Errorf("egress: add socket %d: %w", cookie, err)
 	}
 	return nil
 }
 
+// Counts sums the program's counts over every CPU.
+func (s *Stamper) Counts() (Counts, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return Counts{}, errors.New("egress: read counts: the stamper is closed")
+	}
+	var c Counts
+	for i, total := range []*uint64{&c.Stamped, &c.Unsure, &c.ChecksumFailed} {
+		var perCPU []uint64
+		if err := s.counts.Lookup(uint32(i), &perCPU); err != nil {
+			return Counts{}, fmt.Errorf("egress: read counts: %w", err)
+		}
+		for _, n := range perCPU {
+			*total += n
+		}
+	}
+	return c, nil
+}
+
 // refreshInterval is how often Run reads the kernel's TAI offset. It only
 // changes at a leap second, when chronyd (leapsectz) or an operator sets
-// it; replies of the second after a leap are served as unsynchronized in
-// any case.
+// it; until the next reading the guard keeps replies from a stale offset.
 const refreshInterval = 250 * time.Millisecond
 
 // Run keeps the program's TAI offset equal to the kernel's, and attaches
 // the program to devices that appear after Attach (a VPN's tunnel, a
 // bridge, a NIC brought up late) as the kernel announces them, until ctx is
 // done. If the offset changes and the program cannot be told, Run detaches
-// the program, so that the replies fall back to their user-space stamps
-// rather than carry a wrong one, and returns the error. A device that
-// refuses the program keeps the user-space stamps. Unless it is nil, Run
-// calls onDevice with the name of each device it attaches the program to,
-// and of each that refuses it with the reason. A Stamper runs once.
-func (s *Stamper) Run(ctx context.Context, onDevice func(name string, err error)) error {
+// the program, so that the replies keep their user-space stamps rather
+// than carry a wrong one, and returns the error. Unless report is nil, Run
+// reports the devices that refused the program at Attach, then each device
+// it attaches the program to or that refuses it, and the loss and recovery
+// of the kernel's announcements, which it subscribes to again every few
+// seconds until it succeeds. A Stamper runs once.
+func (s *Stamper) Run(ctx context.Context, report func(Event)) error {
+	if report == nil {
+		report = func(Event) {}
+	}
+	events, subscribeErr := s.takeLinkEvents()
+	for _, r := range s.takeUnreported() {
+		report(Event{Kind: Refused, Device: r.name, Err: r.err})
+	}
 	offset := time.NewTicker(refreshInterval)
 	defer offset.Stop()
 	// Polling the device list instead cost a busy server measurably: a
 	// listing takes up to 0.7 ms here, and wakes the runtime's monitor.
 	changed := make(chan struct{}, 1)
-	if events := s.takeLinkEvents(); events != nil {
-		var watcher sync.WaitGroup
-		watcher.Go(func() { watchLinks(events, changed) })
-		defer func() {
+	watchEnded := make(chan error, 1)
+	var watcher sync.WaitGroup
+	watch := func(f *os.File) {
+		events = f
+		watcher.Go(func() { watchEnded <- watchLinks(f, changed) })
+	}
+	defer func() {
+		if events != nil {
 			events.Close() // ends watchLinks's read
-			watcher.Wait()
-		}()
+		}
+		watcher.Wait()
+	}()
+	var retry <-chan time.Time
+	if subscribeErr != nil {
+		report(Event{Kind: WatchFailed, Err: subscribeErr})
+		retry = time.After(watchRetry)
+	} else {
+		watch(events)
 	}
 	for {
 		select {
@@ -258,16 +338,32 @@ func (s *Stamper) Run(ctx context.Context, onDevice func(name string, err error)
 				s.Close()
 				return err
 			}
-		case <-changed:
-			attached, refused := s.rescan()
-			if onDevice == nil {
+		case err := <-watchEnded:
+			events.Close()
+			events = nil
+			report(Event{Kind: WatchFailed, Err: err})
+			retry = time.After(watchRetry)
+		case <-retry:
+			f, err := s.resubscribe()
+			if err != nil {
+				retry = time.After(watchRetry)
 				continue
 			}
+			retry = nil
+			watch(f)
+			report(Event{Kind: WatchResumed})
+			// Devices may have come while nobody listened.
+			select {
+			case changed <- struct{}{}:
+			default:
+			}
+		case <-changed:
+			attached, refused := s.rescan()
 			for _, name := range attached {
-				onDevice(name, nil)
+				report(Event{Kind: Attached, Device: name})
 			}
 			for _, r := range refused {
-				onDevice(r.name, r.err)
+				report(Event{Kind: Refused, Device: r.name, Err: r.err})
 			}
 		}
 	}
@@ -292,6 +388,21 @@ func (s *Stamper) rescan() (attached []string, refused []refusal) {
 	return attached, refused
 }
 
+// resubscribe subscribes to the kernel's device announcements again, from
+// a thread in the server's network namespace.
+func (s *Stamper) resubscribe() (*os.File, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	ns, err := currentNetns()
+	if err != nil {
+		return nil, err
+	}
+	if ns != s.netns {
+		return nil, errors.New("egress: Run's thread is not in the server's network namespace")
+	}
+	return subscribe()
+}
+
 // subscribeLinks opens a netlink socket on which the kernel announces the
 // devices of the calling thread's network namespace that come, go or
 // change. The socket stays in that namespace whichever thread reads it.
@@ -308,14 +419,18 @@ func subscribeLinks() (*os.File, error) {
 }
 
 // watchLinks signals changed whenever the kernel announces a change of
-// devices, until events is closed. An overrun (ENOBUFS) lost some
-// announcements, which a signal covers too: the receiver lists the devices
-// afresh.
-func watchLinks(events *os.File, changed chan<- struct{}) {
+// devices, until a read fails, and returns why. An overrun (ENOBUFS) lost
+// some announcements, which a signal covers too: the receiver lists the
+// devices afresh.
+func watchLinks(events *os.File, changed chan<- struct{}) error {
 	buf := make([]byte, 16<<10)
 	for {
-		if _, err := events.Read(buf); err != nil && !errors.Is(err, unix.ENOBUFS) {
-			return
+		n, err := events.Read(buf)
+		if err != nil && !errors.Is(err, unix.ENOBUFS) {
+			return fmt.Errorf("egress: read device announcements: %w", err)
+		}
+		if err == nil && n == 0 {
+			return errors.New("egress: device announcements ended")
 		}
 		select {
 		case changed <- struct{}{}:
@@ -324,13 +439,26 @@ func watchLinks(events *os.File, changed chan<- struct{}) {
 	}
 }
 
-// takeLinkEvents hands the device announcements to their one reader.
-func (s *Stamper) takeLinkEvents() *os.File {
+// takeLinkEvents hands the device announcements to their one reader, or
+// says why there are none.
+func (s *Stamper) takeLinkEvents() (*os.File, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	events := s.linkEvents
-	s.linkEvents = nil
-	return events
+	events, err := s.linkEvents, s.linkErr
+	s.linkEvents, s.linkErr = nil, nil
+	if events == nil && err == nil {
+		err = errors.New("egress: the device announcements were taken already")
+	}
+	return events, err
+}
+
+// takeUnreported hands the refusals of Attach to Run.
+func (s *Stamper) takeUnreported() []refusal {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.unreported
+	s.unreported = nil
+	return r
 }
 
 // currentNetns identifies the calling thread's network namespace by the
@@ -394,7 +522,7 @@ func (s *Stamper) Close() error {
 	if s.program != nil {
 		errs = append(errs, s.program.Close())
 	}
-	for _, m := range []*ebpf.Map{s.sockets, s.offset} {
+	for _, m := range []*ebpf.Map{s.sockets, s.offset, s.counts} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}
@@ -411,8 +539,16 @@ const (
 	udpLength       = udpHeaderSize + replySize // the UDP header's length field
 	udpFromEnd      = replySize + udpHeaderSize // start of the UDP header
 	checksumFromEnd = udpFromEnd - 6            // UDP checksum field
-	modeFromEnd     = replySize                 // first byte of the NTP header
 	transmitFromEnd = 8                         // transmit timestamp, the last field
+
+	// minPacket and maxPacket bound the length of a packet that can hold
+	// a reply: at least an IPv4 header on a device without a link-layer
+	// header, and at most room for link-layer headers with VLAN tags, an
+	// IPv6 header with extension headers, or a tunnel's outer headers.
+	// Checked first, they let most other traffic pass at the cost of one
+	// load and two comparisons.
+	minPacket = 20 + udpLength
+	maxPacket = 256
 
 	// ntpEpochOffset is the number of seconds from 1900 to 1970.
 	ntpEpochOffset = 2208988800
@@ -420,12 +556,23 @@ const (
 	// to clients and to symmetric active peers.
 	ntpModeServer  = 4
 	ntpModePassive = 2
+	// guardUnits is Guard in the units of an NTP timestamp, 2^-32 s.
+	guardUnits = int64(Guard) << 32 / int64(time.Second)
 
 	// tcxNext lets the packet go on to the next program, or out.
 	tcxNext = -1
 	// markMangled0 (BPF_F_MARK_MANGLED_0) leaves an IPv4 checksum of 0,
 	// which means none, alone, and writes a computed 0 as 0xffff.
 	markMangled0 = 1 << 5
+)
+
+// The program's counts, the keys of its count map, in the order of the
+// fields of Counts.
+const (
+	countStamped = iota
+	countUnsure
+	countChecksumFailed
+	numCounts
 )
 
 // Stack slots of the program, below the frame pointer R10.
@@ -438,39 +585,37 @@ const (
 
 // program returns the classifier. In outline:
 //
+//	if packet length not in [minPacket, maxPacket]: pass
 //	if socket cookie not in sockets: pass
-//	if UDP source port is not the socket's: pass
 //	if UDP length != 56 or NTP mode is not 4 (server) or 2 (passive): pass
+//	old := the transmit timestamp at len-8
 //	now := ktime_get_tai_ns() - offset
-//	transmit := (now/1e9 + 2208988800) << 32 | (now%1e9 << 32) / 1e9
-//	store transmit at len-8, adjust the UDP checksum by the difference
-//	pass
+//	new := (now/1e9 + 2208988800) << 32 | (now%1e9 << 32) / 1e9
+//	if |new - old| > Guard: count unsure; pass
+//	store new at len-8, adjust the UDP checksum by the difference
+//	if the checksum could not be adjusted: put old back; count failed; pass
+//	count stamped; pass
 //
 // Whatever it finds, it returns "next", so that programs attached after it
 // still run and the packet is never dropped by it.
-func program(sockets, offset int) asm.Instructions {
+func program(sockets, offset, counts int) asm.Instructions {
 	insns := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1), // R6: the skb
 
+		// R7: the packet's length, L2 header included.
+		asm.LoadMem(asm.R7, asm.R6, 0, asm.Word),
+		asm.JLT.Imm(asm.R7, minPacket, "pass"),
+		asm.JGT.Imm(asm.R7, maxPacket, "pass"),
+
 		// Only replies from fastntp's own sockets.
+		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.FnGetSocketCookie.Call(),
 		asm.StoreMem(asm.RFP, slotKey, asm.R0, asm.DWord),
 	}
 	insns = append(insns, mapLookup(sockets)...)
-	insns = append(insns,
-		// R8: the socket's port, as the UDP header has it.
-		asm.LoadMem(asm.R8, asm.R0, 0, asm.Half),
-
-		// R7: the packet's length, L2 header included.
-		asm.LoadMem(asm.R7, asm.R6, 0, asm.Word),
-		asm.JLT.Imm(asm.R7, udpFromEnd, "pass"),
-	)
 	// The UDP header and the reply's first bytes.
-	insns = append(insns, packetBytes(asm.FnSkbLoadBytes, udpFromEnd, slotHeader, 16)...)
+	insns = append(insns, packetBytes(asm.FnSkbLoadBytes, udpFromEnd, slotHeader, 16, "pass")...)
 	insns = append(insns,
-		// From the socket's port, in a UDP header 8 bytes before a reply.
-		asm.LoadMem(asm.R1, asm.RFP, slotHeader, asm.Half),
-		asm.JNE.Reg(asm.R1, asm.R8, "pass"),
 		asm.LoadMem(asm.R1, asm.RFP, slotHeader+4, asm.Half),
 		asm.HostTo(asm.BE, asm.R1, asm.Half),
 		asm.JNE.Imm(asm.R1, udpLength, "pass"),
@@ -479,36 +624,49 @@ func program(sockets, offset int) asm.Instructions {
 		asm.JEq.Imm(asm.R1, ntpModeServer, "reply"),
 		asm.JNE.Imm(asm.R1, ntpModePassive, "pass"),
 	)
-	// The stamp user space wrote, for the checksum difference.
-	old := packetBytes(asm.FnSkbLoadBytes, transmitFromEnd, slotOld, 8)
+	// The stamp user space wrote, for the guard and the checksum.
+	old := packetBytes(asm.FnSkbLoadBytes, transmitFromEnd, slotOld, 8, "pass")
 	old[0] = old[0].WithSymbol("reply")
 	insns = append(insns, old...)
 	insns = append(insns,
-		// R8: UTC in nanoseconds since 1970.
 		asm.StoreImm(asm.RFP, slotKey, 0, asm.Word),
 	)
 	insns = append(insns, mapLookup(offset)...)
 	insns = append(insns,
+		// R8: UTC in nanoseconds since 1970.
 		asm.LoadMem(asm.R9, asm.R0, 0, asm.DWord),
 		asm.FnKtimeGetTaiNs.Call(),
 		asm.Mov.Reg(asm.R8, asm.R0),
 		asm.Sub.Reg(asm.R8, asm.R9),
 
-		// R9: seconds; R8: nanoseconds within the second.
+		// R9: seconds since 1900; R8: nanoseconds within the second.
 		asm.Mov.Reg(asm.R9, asm.R8),
 		asm.Div.Imm(asm.R9, 1e9),
 		asm.Mov.Reg(asm.R1, asm.R9),
 		asm.Mul.Imm(asm.R1, 1e9),
 		asm.Sub.Reg(asm.R8, asm.R1),
-		// NTP seconds and fraction, big-endian.
 		asm.LoadImm(asm.R1, ntpEpochOffset, asm.DWord),
 		asm.Add.Reg(asm.R9, asm.R1),
-		asm.HostTo(asm.BE, asm.R9, asm.Word),
-		asm.StoreMem(asm.RFP, slotNew, asm.R9, asm.Word),
+		// R9: the new stamp, 32.32 fixed point.
 		asm.LSh.Imm(asm.R8, 32),
 		asm.Div.Imm(asm.R8, 1e9),
-		asm.HostTo(asm.BE, asm.R8, asm.Word),
-		asm.StoreMem(asm.RFP, slotNew+4, asm.R8, asm.Word),
+		asm.LSh.Imm(asm.R9, 32),
+		asm.Or.Reg(asm.R9, asm.R8),
+
+		// The guard: new - old + guard, as an unsigned number, exceeds
+		// twice the guard when |new - old| > guard.
+		asm.LoadMem(asm.R1, asm.RFP, slotOld, asm.DWord),
+		asm.HostTo(asm.BE, asm.R1, asm.DWord),
+		asm.Mov.Reg(asm.R2, asm.R9),
+		asm.Sub.Reg(asm.R2, asm.R1),
+		asm.LoadImm(asm.R3, guardUnits, asm.DWord),
+		asm.Add.Reg(asm.R2, asm.R3),
+		asm.LoadImm(asm.R3, 2*guardUnits, asm.DWord),
+		asm.JGT.Reg(asm.R2, asm.R3, "unsure"),
+
+		// The new stamp, big-endian.
+		asm.HostTo(asm.BE, asm.R9, asm.DWord),
+		asm.StoreMem(asm.RFP, slotNew, asm.R9, asm.DWord),
 
 		// R8: the checksum difference.
 		asm.Mov.Reg(asm.R1, asm.RFP),
@@ -519,10 +677,10 @@ func program(sockets, offset int) asm.Instructions {
 		asm.Mov.Imm(asm.R4, 8),
 		asm.Mov.Imm(asm.R5, 0),
 		asm.FnCsumDiff.Call(),
-		asm.JSLT.Imm(asm.R0, 0, "pass"),
+		asm.JSLT.Imm(asm.R0, 0, "failed"),
 		asm.Mov.Reg(asm.R8, asm.R0),
 	)
-	insns = append(insns, packetBytes(asm.FnSkbStoreBytes, transmitFromEnd, slotNew, 8)...)
+	insns = append(insns, packetBytes(asm.FnSkbStoreBytes, transmitFromEnd, slotNew, 8, "failed")...)
 	insns = append(insns,
 		// The UDP checksum, adjusted by the difference.
 		asm.Mov.Reg(asm.R1, asm.R6),
@@ -532,11 +690,33 @@ func program(sockets, offset int) asm.Instructions {
 		asm.Mov.Reg(asm.R4, asm.R8),
 		asm.Mov.Imm(asm.R5, markMangled0),
 		asm.FnL4CsumReplace.Call(),
-
+		asm.JNE.Imm(asm.R0, 0, "restore"),
+	)
+	insns = append(insns, count(counts, countStamped, "stamped")...)
+	// A new stamp under the old checksum would make the client drop the
+	// reply: the old stamp goes back.
+	restore := packetBytes(asm.FnSkbStoreBytes, transmitFromEnd, slotOld, 8, "failed")
+	restore[0] = restore[0].WithSymbol("restore")
+	insns = append(insns, restore...)
+	insns = append(insns, count(counts, countChecksumFailed, "failed")...)
+	insns = append(insns, count(counts, countUnsure, "unsure")...)
+	insns = append(insns,
 		asm.Mov.Imm(asm.R0, tcxNext).WithSymbol("pass"),
 		asm.Return(),
 	)
 	return insns
+}
+
+// count adds one to the count at index, in the CPU's slot of the count
+// map, and leaves the program. Its first instruction is labelled symbol.
+func count(counts int, index int32, symbol string) asm.Instructions {
+	insns := asm.Instructions{asm.StoreImm(asm.RFP, slotKey, int64(index), asm.Word).WithSymbol(symbol)}
+	insns = append(insns, mapLookup(counts)...)
+	return append(insns,
+		asm.Mov.Imm(asm.R1, 1),
+		asm.AddAtomic.Mem(asm.R0, asm.R1, asm.DWord, 0),
+		asm.Ja.Label("pass"),
+	)
 }
 
 // mapLookup looks the key in the slotKey stack slot up in the map, leaves
@@ -553,8 +733,8 @@ func mapLookup(m int) asm.Instructions {
 
 // packetBytes calls bpf_skb_load_bytes or bpf_skb_store_bytes for the n
 // bytes that start fromEnd bytes before the end of the packet (its length
-// in R7) and the stack slot at slot, and leaves the program if it fails.
-func packetBytes(fn asm.BuiltinFunc, fromEnd, slot, n int32) asm.Instructions {
+// in R7) and the stack slot at slot, and jumps to onError if it fails.
+func packetBytes(fn asm.BuiltinFunc, fromEnd, slot, n int32, onError string) asm.Instructions {
 	return asm.Instructions{
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.Mov.Reg(asm.R2, asm.R7),
@@ -564,6 +744,6 @@ func packetBytes(fn asm.BuiltinFunc, fromEnd, slot, n int32) asm.Instructions {
 		asm.Mov.Imm(asm.R4, n),
 		asm.Mov.Imm(asm.R5, 0), // store's flags; load has no fifth argument
 		fn.Call(),
-		asm.JNE.Imm(asm.R0, 0, "pass"),
+		asm.JNE.Imm(asm.R0, 0, onError),
 	}
 }

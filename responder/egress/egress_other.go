@@ -23,11 +23,17 @@ func Attach() (*Stamper, error) { return nil, errUnavailable }
 // Devices returns nothing outside Linux.
 func (s *Stamper) Devices() []string { return nil }
 
+// Refused returns nothing outside Linux.
+func (s *Stamper) Refused() []string { return nil }
+
 // Add fails outside Linux.
-func (s *Stamper) Add(cookie uint64, port uint16) error { return errUnavailable }
+func (s *Stamper) Add(cookie uint64) error { return errUnavailable }
+
+// Counts fails outside Linux.
+func (s *Stamper) Counts() (Counts, error) { return Counts{}, errUnavailable }
 
 // Run returns at once outside Linux.
-func (s *Stamper) Run(ctx context.Context, onDevice func(name string, err error)) error { return nil }
+func (s *Stamper) Run(ctx context.Context, report func(Event)) error { return nil }
 
 // Close does nothing outside Linux.
 func (s *Stamper) Close() error { return nil }

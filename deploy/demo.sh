@@ -12,6 +12,7 @@ port=${FASTNTP_DEMO_PORT:-12123}
 backend=127.0.0.1:11123
 work=$(mktemp -d)
 pids=()
+private=
 cleanup() {
 	for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
 	wait 2>/dev/null || true
@@ -30,6 +31,7 @@ if "$benchbin" probe --timeout 1s "$backend" >/dev/null 2>&1; then
 	say "A backend already answers on $backend; fastntp mirrors it."
 else
 	backend=127.0.0.1:$((port + 1))
+	private=yes
 	say "Nothing answers on 127.0.0.1:11123, so this demo starts a private chronyd on $backend."
 	echo "   It has 'local stratum 10': it serves its own clock and is NOT synchronized to any real"
 	echo "   time source. In production, chronyd there syncs to real servers (see README)."
@@ -68,7 +70,14 @@ say "chronyd -Q, a real NTP client, measures this clock against fastntp over IPv
 out=$(chronyd -Q -t 5 -f /dev/null "server ::1 port $port iburst maxsamples 1" 2>&1 || true)
 printf '%s\n' "$out" | grep -v -e starting -e exiting || true
 if printf '%s\n' "$out" | grep -q 'System clock wrong by'; then
-	say "The client accepted fastntp's time as synchronized. Done; stopping fastntp."
+	if [ "$(id -u)" = 0 ]; then
+		say "fastntp warned above that it runs as root: the demo starts it as you, root here. On a server it runs unprivileged, as deploy/fastntp.service runs it, or with -u USER."
+	fi
+	if [ -n "$private" ]; then
+		say "The client accepted fastntp's time as synchronized. Done; stopping fastntp and the private chronyd."
+	else
+		say "The client accepted fastntp's time as synchronized. Done; stopping fastntp."
+	fi
 else
 	say "The client did not accept fastntp's time; fastntp's log is above."
 	exit 1

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"os/signal"
@@ -128,6 +129,9 @@ func serve(ctx context.Context, o *options, logger *zap.Logger, hup <-chan os.Si
 		RateLimit:      o.rateLimit,
 		Access:         access,
 		TransmitStamps: o.transmitStamps,
+		// The check of device stamps runs with the rate summary, or once
+		// a minute without one.
+		StampCheckInterval: o.statsInterval,
 	})
 	if err != nil {
 		return err
@@ -142,7 +146,9 @@ func serve(ctx context.Context, o *options, logger *zap.Logger, hup <-chan os.Si
 		}
 	}
 	logStart(logger, o, srv)
+	// Bound and attached: nothing from here on needs a privilege.
 	if err := dropPrivileges(o.user, o.root); err != nil {
+		srv.Close()
 		return fmt.Errorf("drop privileges: %w", err)
 	}
 	if o.user != "" || o.root != "" {
@@ -303,6 +309,7 @@ func logRates(ctx context.Context, logger *zap.Logger, srv *responder.Server, sr
 	ticker := time.NewTicker(every)
 	defer ticker.Stop()
 	prev, prevTime := srv.Counters(), time.Now()
+	prevStamps, _ := srv.DeviceStamps()
 	for {
 		select {
 		case <-ctx.Done():
@@ -310,8 +317,10 @@ func logRates(ctx context.Context, logger *zap.Logger, srv *responder.Server, sr
 		case now := <-ticker.C:
 			cur := srv.Counters()
 			secs := now.Sub(prevTime).Seconds()
-			rate := func(a, b uint64) float64 { return float64(a-b) / secs }
-			logger.Info("rates", append([]zap.Field{
+			// To a tenth of a request per second: more digits than that
+			// are the jitter of the ticker.
+			rate := func(a, b uint64) float64 { return math.Round(float64(a-b)/secs*10) / 10 }
+			fields := []zap.Field{
 				zap.Float64("received_per_s", rate(cur[responder.Received], prev[responder.Received])),
 				zap.Float64("replied_per_s", rate(cur[responder.Replied], prev[responder.Replied])),
 				zap.Float64("dropped_per_s", rate(cur.Dropped(), prev.Dropped())),
@@ -323,8 +332,13 @@ func logRates(ctx context.Context, logger *zap.Logger, srv *responder.Server, sr
 				zap.Uint64("send_errors", cur[responder.SendErrors]-prev[responder.SendErrors]),
 				zap.Uint64("missing_timestamps", cur[responder.MissingTimestamps]-prev[responder.MissingTimestamps]),
 				zap.Uint64("kernel_drops", cur[responder.KernelDrops]-prev[responder.KernelDrops]),
-			}, syncFields(src.Load(), now)...)...)
-			prev, prevTime = cur, now
+			}
+			stamps, atDevice := srv.DeviceStamps()
+			if atDevice {
+				fields = append(fields, zap.Float64("device_stamped_per_s", rate(stamps.Stamped, prevStamps.Stamped)))
+			}
+			logger.Info("rates", append(fields, syncFields(src.Load(), now)...)...)
+			prev, prevStamps, prevTime = cur, stamps, now
 		}
 	}
 }

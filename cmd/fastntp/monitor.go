@@ -17,6 +17,7 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/fastntp/fastntp/responder"
+	"github.com/fastntp/fastntp/responder/egress"
 	"github.com/fastntp/fastntp/upstream"
 )
 
@@ -110,6 +111,9 @@ type collector struct {
 	rootDel  *prometheus.Desc
 	rootDisp *prometheus.Desc
 	device   *prometheus.Desc
+	// The device stamper's counts.
+	deviceStamped   *prometheus.Desc
+	deviceUnstamped *prometheus.Desc
 }
 
 // workerLabels keep the cardinality at one series per worker and counter:
@@ -136,6 +140,11 @@ func newCollector(srv *responder.Server, poller *upstream.Poller) *collector {
 	c.rootDel = gauge("fastntp_root_delay_seconds", "The root delay served now.")
 	c.rootDisp = gauge("fastntp_root_dispersion_seconds", "The root dispersion served now.")
 	c.device = gauge("fastntp_transmit_stamps_at_device", "1 while an eBPF program stamps replies at the network devices, 0 while they are stamped before each send.")
+	c.deviceStamped = prometheus.NewDesc("fastntp_device_stamped_total",
+		"Replies the eBPF program stamped as they reached a network device (once per device a reply passes).", nil, nil)
+	c.deviceUnstamped = prometheus.NewDesc("fastntp_device_unstamped_total",
+		"Replies that reached the eBPF program and kept the stamp read before the send, by reason: clock (its clock disagreed with that stamp by more than "+
+			egress.Guard.String()+": the kernel's TAI offset had changed), checksum (the UDP checksum could not be adjusted).", []string{"reason"}, nil)
 	return c
 }
 
@@ -175,7 +184,8 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 			ch <- d
 		}
 	}
-	for _, d := range []*prometheus.Desc{c.dropped, c.synced, c.leap, c.stratum, c.offset, c.delay, c.age, c.rootDel, c.rootDisp, c.device} {
+	for _, d := range []*prometheus.Desc{c.dropped, c.synced, c.leap, c.stratum, c.offset, c.delay, c.age, c.rootDel, c.rootDisp, c.device,
+		c.deviceStamped, c.deviceUnstamped} {
 		ch <- d
 	}
 }
@@ -224,8 +234,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	if last := c.poller.LastAnswer(); !last.IsZero() {
 		gauge(c.age, now.Sub(last).Seconds())
 	}
-	if c.srv.StampDevices() != nil {
+	if stamps, atDevice := c.srv.DeviceStamps(); atDevice {
 		gauge(c.device, 1)
+		ch <- prometheus.MustNewConstMetric(c.deviceStamped, prometheus.CounterValue, float64(stamps.Stamped))
+		ch <- prometheus.MustNewConstMetric(c.deviceUnstamped, prometheus.CounterValue, float64(stamps.Unsure), "clock")
+		ch <- prometheus.MustNewConstMetric(c.deviceUnstamped, prometheus.CounterValue, float64(stamps.ChecksumFailed), "checksum")
 	} else {
 		gauge(c.device, 0)
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -150,8 +151,9 @@ func TestMonitoringWithPrometheus(t *testing.T) {
 	prom := startPrometheus(t, metrics)
 	prom.waitQuery(`fastntp_synchronized`, 1, 10*time.Second)
 	prom.waitQuery(`fastntp_stratum`, 10, 5*time.Second)
-	// fastntp runs as root here: stamping at the device.
-	prom.waitQuery(`fastntp_transmit_stamps_at_device`, 1, 5*time.Second)
+	// In the host's namespace the tests stamp before each send:
+	// TestDeviceStampMetrics has the device stamper's metrics.
+	prom.waitQuery(`fastntp_transmit_stamps_at_device`, 0, 5*time.Second)
 	if code, body := httpGet(t, "http://"+metrics+"/healthz"); code != http.StatusOK || body != "synchronized\n" {
 		t.Errorf("/healthz while synchronized: %d %q", code, body)
 	}
@@ -194,8 +196,8 @@ func TestMetricsAddressInUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	out, err := exec.Command(binary, "-a", loopback(chronytest.FreePort(t)).String(), "-6", "0",
-		"--metrics-address", ln.Addr().String()).CombinedOutput()
+	out, err := exec.Command(binary, onHost("-a", loopback(chronytest.FreePort(t)).String(), "-6", "0",
+		"--metrics-address", ln.Addr().String())...).CombinedOutput()
 	if code := exitCode(err); code != 1 || !strings.Contains(string(out), "--metrics-address "+ln.Addr().String()) ||
 		!strings.Contains(string(out), "address already in use") {
 		t.Errorf("exit %d, output:\n%s", code, out)
@@ -265,7 +267,7 @@ func TestSystemdNotify(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	cmd := exec.Command(binary, "-a", loopback(chronytest.FreePort(t)).String(), "-6", "0", "--stats-interval", "0")
+	cmd := exec.Command(binary, onHost("-a", loopback(chronytest.FreePort(t)).String(), "-6", "0", "--stats-interval", "0")...)
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=200000")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -297,4 +299,57 @@ func TestSystemdNotify(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("exit after SIGTERM: %v", err)
 	}
+}
+
+// getIn returns the body of a GET of path from a server at addr in
+// namespace ns, over a connection opened there.
+func getIn(t *testing.T, ns string, addr netip.AddrPort, path string) string {
+	t.Helper()
+	var body []byte
+	err := chronytest.InNamespace(ns, func() error {
+		conn, err := net.DialTimeout("tcp", addr.String(), 2*time.Second)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(conn, "GET "+path+" HTTP/1.0\r\n\r\n"); err != nil {
+			return err
+		}
+		body, err = io.ReadAll(conn)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("GET %s in %s: %v", path, ns, err)
+	}
+	return string(body)
+}
+
+// TestDeviceStampMetrics serves replies stamped at the device in a
+// namespace of the test's own, and checks that the metrics and the rate
+// summary count each.
+func TestDeviceStampMetrics(t *testing.T) {
+	chronytest.KeepTAI(t)
+	ns := chronytest.Namespace(t)
+	metrics := netip.MustParseAddrPort("127.0.0.1:9123")
+	p := startFastntp(t, ns, "-a", "127.0.0.1:123", "-6", "0", "--transmit-stamps", "device",
+		"--metrics-address", metrics.String(), "--stats-interval", "300ms", "--log-format", "json")
+	const replies = 20
+	for range replies {
+		if _, err := chronytest.QueryIn(ns, loopback(123), time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	body := getIn(t, ns, metrics, "/metrics")
+	for _, want := range []string{
+		"fastntp_transmit_stamps_at_device 1\n",
+		fmt.Sprintf("fastntp_device_stamped_total %d\n", replies),
+		`fastntp_device_unstamped_total{reason="clock"} 0` + "\n",
+		`fastntp_device_unstamped_total{reason="checksum"} 0` + "\n",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	p.waitLog(`"device_stamped_per_s":`, 2*time.Second)
 }

@@ -10,14 +10,12 @@ import (
 	"time"
 )
 
-// dropPrivileges chroots to root and switches to userName, as rsntp's -r and
-// -u do. Empty arguments skip that step. Go applies setuid and setgid to
-// every thread of the process, so no thread keeps root.
+// dropPrivileges sheds every capability, chroots to root and switches to
+// userName, as rsntp's -r and -u do. Empty arguments skip those steps. Go
+// applies setuid and setgid to every thread of the process, so no thread
+// keeps root.
 func dropPrivileges(userName, root string) error {
-	if userName == "" && root == "" {
-		return nil
-	}
-	if os.Geteuid() != 0 {
+	if (userName != "" || root != "") && os.Geteuid() != 0 {
 		return errors.New("-u and -r need fastntp to start as root")
 	}
 	var uid, gid int
@@ -32,6 +30,12 @@ func dropPrivileges(userName, root string) error {
 		if gid, err = strconv.Atoi(u.Gid); err != nil {
 			return fmt.Errorf("user %s: gid %q: %w", userName, u.Gid, err)
 		}
+		if uid == 0 {
+			return fmt.Errorf("-u %s: a user other than root, or none", userName)
+		}
+	}
+	if err := shedCapabilities(root != "", userName != ""); err != nil {
+		return err
 	}
 	if root != "" {
 		// The local time zone cannot be loaded once /etc is out of reach.

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/fastntp/fastntp/batch"
 	"github.com/fastntp/fastntp/internal/ntp"
 )
@@ -145,19 +147,35 @@ func TestParseStat(t *testing.T) {
 	}
 }
 
+// TestProcessCPU spins until the kernel's own clock of this process's CPU
+// time (CLOCK_PROCESS_CPUTIME_ID) has advanced 300 ms, however long that
+// takes on a busy machine, and checks that ProcessCPU saw as much, give or
+// take the 10 ms ticks /proc counts in.
 func TestProcessCPU(t *testing.T) {
+	cpuClock := func() time.Duration {
+		var ts unix.Timespec
+		if err := unix.ClockGettime(unix.CLOCK_PROCESS_CPUTIME_ID, &ts); err != nil {
+			t.Fatal(err)
+		}
+		return time.Duration(ts.Nano())
+	}
 	before, err := ProcessCPU(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(300 * time.Millisecond); time.Now().Before(deadline); {
+	start := cpuClock()
+	for deadline := time.Now().Add(30 * time.Second); cpuClock()-start < 300*time.Millisecond; {
+		if time.Now().After(deadline) {
+			t.Fatal("300 ms of CPU not had in 30 s")
+		}
 	}
+	spun := cpuClock() - start
 	after, err := ProcessCPU(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := after - before; d < 150*time.Millisecond || d > 2*time.Second {
-		t.Errorf("300ms of spinning read as %v of CPU", d)
+	if d := after - before; d < spun-30*time.Millisecond || d > spun+30*time.Millisecond {
+		t.Errorf("%v of CPU read as %v", spun, d)
 	}
 	if _, err := ProcessCPU(1 << 30); err == nil {
 		t.Error("ProcessCPU of no process succeeded")
@@ -223,15 +241,16 @@ func TestPacing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	// Modest rates, which a shared machine running other tests (and the
-	// race detector) still sustains: the average must be right, even if a
-	// stall made the generator catch up in a burst.
+	// The generator never sends faster than asked, catches up after a
+	// stall, and says so when it cannot keep up, as a machine busy with
+	// other tests (and the race detector) may keep it from the higher
+	// rates; 200/s it keeps up with anywhere.
 	for _, rate := range []float64{200, 2000, 10000} {
 		s, err := f.Run(context.Background(), rate, time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if s.RequestRate < 0.95*rate || s.RequestRate > 1.05*rate {
+		if s.RequestRate > 1.05*rate || (s.RequestRate < 0.95*rate && (rate == 200 || !s.Shortfall)) {
 			t.Errorf("asked %v/s, sent %.0f/s (shortfall %v)", rate, s.RequestRate, s.Shortfall)
 		}
 	}

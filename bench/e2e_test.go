@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"runtime"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -128,54 +129,90 @@ func TestEndToEnd(t *testing.T) {
 }
 
 // TestCompare runs two short interleaved rounds against chronyd and fastntp
-// and checks the summary's bookkeeping.
+// and checks the summary's bookkeeping: the order of the steps, the rates
+// of the points, and that each summary figure is the median of the rounds.
+// Which server is faster is bench-check's question, not this test's: on a
+// busy machine a ramp may stop at its first step for either.
 func TestCompare(t *testing.T) {
 	chronyd := startChronyd(t)
 	fastntp := &bench.Target{Name: "fastntp", Addr: startFastntp(t, chronyd.Addr)}
-	var seen []string
+	var seen []bench.Step
 	summaries, steps, err := bench.Compare(context.Background(), []*bench.Target{fastntp, chronyd}, bench.CompareConfig{
 		Rounds:        2,
 		Ramp:          bench.RampConfig{Start: 1000, Multiplier: 2, Max: 2000, StepDuration: 200 * time.Millisecond},
 		Points:        []bench.Point{{Rate: 1000}, {Share: 0.5}},
 		FixedDuration: 200 * time.Millisecond,
 		Flood:         bench.FloodConfig{Clients: 4},
-		OnStep:        func(s bench.Step) { seen = append(seen, s.Target) },
+		OnStep:        func(s bench.Step) { seen = append(seen, s) },
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Per round and target: two ramp steps and two fixed ones, interleaved.
-	want := []string{"fastntp", "fastntp", "fastntp", "fastntp", "chronyd", "chronyd", "chronyd", "chronyd"}
-	want = append(want, want...)
-	if len(steps) != 16 || len(seen) != 16 {
-		t.Fatalf("%d steps (%d seen), want 16", len(steps), len(seen))
+	if len(seen) != len(steps) {
+		t.Fatalf("%d steps returned, %d seen", len(steps), len(seen))
 	}
-	for i := range want {
-		if seen[i] != want[i] || steps[i].Target != want[i] || steps[i].Round != 1+i/8 {
-			t.Fatalf("step %d: target %s round %d, want %s round %d", i, steps[i].Target, steps[i].Round, want[i], 1+i/8)
-		}
+	if len(summaries) != 2 {
+		t.Fatalf("%d summaries", len(summaries))
 	}
-	// The share is of the first target's peak in the same round.
-	for round := range 2 {
-		peak := summaries[0].PeakPerRound[round]
-		for _, target := range []int{0, 4} {
-			if s := steps[8*round+target+3]; s.Rate != 0.5*peak || s.Point != "50%" {
-				t.Errorf("round %d: the 50%% point ran at %v/s (%q), want half of %v", round+1, s.Rate, s.Point, peak)
+	// Per round, each target in turn: its ramp (one or two steps), then
+	// its two points.
+	rest := steps
+	for round := 1; round <= 2; round++ {
+		for i, target := range []string{"fastntp", "chronyd"} {
+			ramp := 0
+			for ramp < len(rest) && rest[ramp].Point == "" {
+				ramp++
 			}
+			if ramp < 1 || ramp > 2 || len(rest) < ramp+2 {
+				t.Fatalf("round %d, %s: %d ramp steps, then %d steps", round, target, ramp, len(rest)-ramp)
+			}
+			for j, s := range rest[:ramp+2] {
+				if s.Target != target || s.Round != round {
+					t.Fatalf("round %d, %s: step %d is %s's of round %d", round, target, j, s.Target, s.Round)
+				}
+			}
+			if peak := summaries[i].PeakPerRound[round-1]; peak != maxResponse(rest[:ramp]) {
+				t.Errorf("round %d, %s: peak %v, ramp's highest response rate %v", round, target, peak, maxResponse(rest[:ramp]))
+			}
+			one, half := rest[ramp], rest[ramp+1]
+			firstPeak := summaries[0].PeakPerRound[round-1]
+			if one.Point != "1000" || one.Rate != 1000 || half.Point != "50%" || half.Rate != 0.5*firstPeak {
+				t.Errorf("round %d, %s: points %q at %v/s and %q at %v/s, want 1000 and 50%% of %v", round, target,
+					one.Point, one.Rate, half.Point, half.Rate, firstPeak)
+			}
+			rest = rest[ramp+2:]
 		}
 	}
-	if len(summaries) != 2 || summaries[0].Ratio != 1 || len(summaries[1].PeakPerRound) != 2 || len(summaries[1].StopPerRound) != 2 {
-		t.Fatalf("summaries %+v", summaries)
+	if len(rest) != 0 {
+		t.Errorf("%d steps after the last round", len(rest))
 	}
-	for _, s := range summaries {
-		if s.MaxRate != 2000 || s.PeakResponse < 1800 || s.ResponseTime.Median <= 0 || len(s.Points) != 2 ||
-			s.Points[0].Point != "1000" || s.Points[1].Point != "50%" || s.Points[0].TransmitError.P50 <= 0 {
+	for i, s := range summaries {
+		if s.PeakResponse != median(s.PeakPerRound) || len(s.StopPerRound) != 2 || s.MaxRate > 2000 ||
+			len(s.Points) != 2 || s.Points[0].Point != "1000" || s.Points[1].Point != "50%" {
 			t.Errorf("%s: %+v", s.Target, s)
 		}
+		if want := s.PeakResponse / summaries[0].PeakResponse; s.Ratio != want && !(i == 0 && s.Ratio == 1) {
+			t.Errorf("%s: ratio %v, want %v", s.Target, s.Ratio, want)
+		}
 	}
-	if r := summaries[1].Ratio; r < 0.8 || r > 1.25 {
-		t.Errorf("chronyd/fastntp ratio %v at rates both answer in full", r)
+}
+
+func maxResponse(steps []bench.Step) float64 {
+	peak := 0.0
+	for _, s := range steps {
+		if !s.Shortfall {
+			peak = max(peak, s.ResponseRate)
+		}
 	}
+	return peak
+}
+
+func median(v []float64) float64 {
+	s := slices.Sorted(slices.Values(v))
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 // A Flooder with a ScrapeURL fetches it on its interval for as long as it

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"reflect"
 	"testing"
 
 	"github.com/fastntp/fastntp/batch"
@@ -14,6 +15,7 @@ func FuzzParsers(f *testing.F) {
 	f.Add([]byte("x=exec:fastntp -a 127.0.0.1:{port}"))
 	f.Add(make([]byte, 48))
 	f.Add([]byte("txp99@50%<=8*chronyd"))
+	f.Add([]byte("peak>=0.5*c+0.5*unbatched"))
 	f.Add([]byte("90%"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		parseStat(b)
@@ -24,7 +26,7 @@ func FuzzParsers(f *testing.F) {
 			}
 		}
 		if r, err := ParseRequirement(string(b)); err == nil {
-			if again, err := ParseRequirement(r.String()); err != nil || again != r {
+			if again, err := ParseRequirement(r.String()); err != nil || !reflect.DeepEqual(again, r) {
 				t.Fatalf("requirement %q prints as %q", b, r)
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -316,9 +317,11 @@ func freeTCPAddr() (string, error) {
 // the cgroup's directory.
 func limitCPU(pid int, name string, quota float64) (string, error) {
 	// A short period spreads the throttling finely; at the usual 100 ms a
-	// throttled server stalls for tens of milliseconds at a time.
-	const period = 2000 // µs
-	limit := int(quota * period)
+	// throttled server stalls for tens of milliseconds at a time. The
+	// kernel takes no quota under a millisecond, so a quota under half a
+	// CPU gets a longer period.
+	period := max(2000, int(math.Ceil(1000/quota))) // µs
+	limit := int(quota * float64(period))
 	group := fmt.Sprintf("fastntp-bench-%s-%d", name, pid)
 	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
 		dir := filepath.Join("/sys/fs/cgroup", group)

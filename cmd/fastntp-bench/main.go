@@ -27,6 +27,7 @@ import (
 
 	"github.com/fastntp/fastntp/batch"
 	"github.com/fastntp/fastntp/bench"
+	"github.com/fastntp/fastntp/internal/ntp"
 	"github.com/spf13/pflag"
 )
 
@@ -37,7 +38,8 @@ func main() {
 const usage = `Usage: fastntp-bench COMMAND [options]
 
 Commands:
-  probe ADDRESS   send one request and print the reply
+  probe ADDRESS   send one request and print the reply; exit 0 if the server
+                  is synchronized, 3 if it answered unsynchronized, 1 if not at all
   ramp            raise the request rate step by step until the server saturates
   fixed           hold one request rate for a while (soak, CPU cost)
   compare         ramp several servers in turn, interleaved, and compare them
@@ -68,6 +70,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch {
 	case errors.Is(err, errHelpShown):
 		return 0
+	case errors.Is(err, errUnsynchronized):
+		fmt.Fprintf(stderr, "fastntp-bench %s: %v\n", args[0], err)
+		return 3
 	case errors.As(err, new(usageError)):
 		fmt.Fprintf(stderr, "fastntp-bench %s: %v\nRun 'fastntp-bench %s --help' for its options.\n", args[0], err, args[0])
 		return 2
@@ -110,7 +115,9 @@ func probe(ctx context.Context, args []string, stdout io.Writer) error {
 	fs, help := newFlagSet("probe")
 	timeout := fs.Duration("timeout", 2*time.Second, "how long to wait for the reply")
 	allowRemote := fs.Bool("allow-remote", false, "allow a server that is not on this host")
-	if err := parse(fs, help, "probe [options] ADDRESS[:PORT]\n\nSend one NTP request (to port 123 unless given) and print the reply.", args, stdout); err != nil {
+	if err := parse(fs, help, "probe [options] ADDRESS[:PORT]\n\nSend one NTP request (to port 123 unless given) and print the reply.\n"+
+		"Exit status: 0 if the server is synchronized, 3 if it answered unsynchronized (leap 3, or stratum 0 or 16),\n"+
+		"1 if it did not answer, 2 for a mistake on the command line.", args, stdout); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
@@ -129,8 +136,15 @@ func probe(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "%s\n%s\n", addr, r)
+	if h := r.Server; h.Leap == ntp.LeapUnsynchronized || h.Stratum == 0 || h.Stratum >= ntp.MaxStratum {
+		return errUnsynchronized
+	}
 	return nil
 }
+
+// errUnsynchronized means that the server answered, but not with
+// synchronized time: leap 3, or stratum 0 (a kiss-o'-death) or 16.
+var errUnsynchronized = errors.New("the server answered, but is not synchronized")
 
 // parseServerAddress parses an address with an optional port, 123 when
 // left out: 127.0.0.1, 127.0.0.1:1123, ::1, [::1] or [::1]:1123.
@@ -360,12 +374,14 @@ func parseRequires(requires []string, specs []bench.TargetSpec) ([]bench.Require
 		if err != nil {
 			return nil, fmt.Errorf("--require: %w", err)
 		}
-		found := false
-		for _, s := range specs[1:] {
-			found = found || s.Name == r.Target
-		}
-		if !found {
-			return nil, fmt.Errorf("--require %q: no target after the first is named %s", text, r.Target)
+		for _, term := range r.Terms {
+			found := false
+			for _, s := range specs[1:] {
+				found = found || s.Name == term.Target
+			}
+			if !found {
+				return nil, fmt.Errorf("--require %q: no target after the first is named %s", text, term.Target)
+			}
 		}
 		reqs = append(reqs, r)
 	}

@@ -88,32 +88,48 @@ func TestParseServerAddress(t *testing.T) {
 	}
 }
 
+// TestProbe checks what probe prints and its exit status, which a script
+// or a health check reads: 0 only for synchronized time.
 func TestProbe(t *testing.T) {
-	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	go func() {
-		buf := make([]byte, 100)
-		n, from, err := conn.ReadFromUDP(buf)
-		if err != nil || n < ntp.HeaderSize {
-			return
-		}
-		h := ntp.Header{Leap: ntp.LeapUnsynchronized, Version: 4, Mode: ntp.ModeServer}
-		h.OriginTime = ntp.Time64(uint64(buf[40])<<56 | uint64(buf[41])<<48 | uint64(buf[42])<<40 | uint64(buf[43])<<32 |
-			uint64(buf[44])<<24 | uint64(buf[45])<<16 | uint64(buf[46])<<8 | uint64(buf[47]))
-		h.ReceiveTime = ntp.TimeFrom(time.Now())
-		h.TransmitTime = h.ReceiveTime
-		h.Encode(buf)
-		conn.WriteToUDP(buf[:ntp.HeaderSize], from)
-	}()
-	var out, errOut bytes.Buffer
-	if code := run([]string{"probe", conn.LocalAddr().String()}, &out, &errOut); code != 0 {
-		t.Fatalf("exit %d: %s", code, errOut.String())
-	}
-	if !strings.Contains(out.String(), "leap 3") || !strings.Contains(out.String(), "NOT synchronized") {
-		t.Errorf("probe output:\n%s", out.String())
+	for _, tt := range []struct {
+		name           string
+		leap, stratum  uint8
+		code           int
+		stdout, stderr string
+	}{
+		{"synchronized", ntp.LeapNone, 2, 0, "stratum 2", ""},
+		{"unsynchronized", ntp.LeapUnsynchronized, 0, 3, "NOT synchronized", "not synchronized"},
+		{"kiss-o'-death", ntp.LeapNone, 0, 3, "stratum 0", "not synchronized"},
+		{"stratum 16", ntp.LeapNone, 16, 3, "stratum 16", "not synchronized"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			go func() {
+				buf := make([]byte, 100)
+				n, from, err := conn.ReadFromUDP(buf)
+				if err != nil || n < ntp.HeaderSize {
+					return
+				}
+				var h ntp.Header
+				h.Parse(buf[:n])
+				h = ntp.Header{Leap: tt.leap, Version: 4, Mode: ntp.ModeServer, Stratum: tt.stratum, OriginTime: h.TransmitTime}
+				h.ReceiveTime = ntp.TimeFrom(time.Now())
+				h.TransmitTime = h.ReceiveTime
+				h.Encode(buf)
+				conn.WriteToUDP(buf[:ntp.HeaderSize], from)
+			}()
+			var out, errOut bytes.Buffer
+			if code := run([]string{"probe", conn.LocalAddr().String()}, &out, &errOut); code != tt.code {
+				t.Errorf("exit %d, want %d; stderr %q", code, tt.code, errOut.String())
+			}
+			if !strings.Contains(out.String(), tt.stdout) || !strings.Contains(errOut.String(), tt.stderr) || (tt.stderr == "" && errOut.Len() > 0) {
+				t.Errorf("stdout:\n%s\nstderr:\n%s\nwant %q and %q", out.String(), errOut.String(), tt.stdout, tt.stderr)
+			}
+		})
 	}
 }
 

@@ -317,9 +317,7 @@ func logRates(ctx context.Context, logger *zap.Logger, srv *responder.Server, sr
 		case now := <-ticker.C:
 			cur := srv.Counters()
 			secs := now.Sub(prevTime).Seconds()
-			// To a tenth of a request per second: more digits than that
-			// are the jitter of the ticker.
-			rate := func(a, b uint64) float64 { return math.Round(float64(a-b)/secs*10) / 10 }
+			rate := func(a, b uint64) float64 { return perSecond(a-b, secs) }
 			fields := []zap.Field{
 				zap.Float64("received_per_s", rate(cur[responder.Received], prev[responder.Received])),
 				zap.Float64("replied_per_s", rate(cur[responder.Replied], prev[responder.Replied])),
@@ -341,6 +339,12 @@ func logRates(ctx context.Context, logger *zap.Logger, srv *responder.Server, sr
 			prev, prevStamps, prevTime = cur, stamps, now
 		}
 	}
+}
+
+// perSecond returns n events over secs seconds as a rate, to a tenth of an
+// event per second: more digits than that are the jitter of the ticker.
+func perSecond(n uint64, secs float64) float64 {
+	return math.Round(float64(n)/secs*10) / 10
 }
 
 // countersFields renders every counter as a log field.

@@ -299,7 +299,7 @@ func unsynchronized(h ntp.Header) bool { return h.Leap == ntp.LeapUnsynchronized
 // the namespace's only one) and before each send.
 func TestRealClients(t *testing.T) {
 	ntpdig := chronytest.Require(t, "ntpdig")
-	sntp := chronytest.Require(t, "sntp")
+	requireNtplib(t)
 	ns := chronytest.Namespace(t)
 	chronytest.StartChronyd(t, chronytest.Options{Namespace: ns, Port: 11123})
 	for _, stamps := range []struct{ flag, log string }{
@@ -311,7 +311,7 @@ func TestRealClients(t *testing.T) {
 				"--transmit-stamps", stamps.flag, "--log-format", "json")
 			p.waitLog(`"transmit_stamps":"`+stamps.log+`"`, 5*time.Second)
 			p.waitLog("synchronized to backend", 10*time.Second)
-			queryRealClients(t, ns, ntpdig, sntp)
+			queryRealClients(t, ns, ntpdig)
 			if code := p.stop(); code != 0 {
 				t.Errorf("exit code %d after SIGTERM", code)
 			}
@@ -322,33 +322,65 @@ func TestRealClients(t *testing.T) {
 	}
 }
 
-// queryRealClients asks fastntp on port 123 of namespace ns for the time
-// with ntpdig, sntp and chronyd -Q, and checks what they measured.
-func queryRealClients(t *testing.T, ns, ntpdig, sntp string) {
-	for _, client := range []string{ntpdig, sntp} {
-		for _, server := range []string{"127.0.0.1", "::1"} {
-			t.Run(filepath.Base(client)+"/"+server, func(t *testing.T) {
-				out, err := chronytest.Command(ns, client, "-j", "-t", "2", server).CombinedOutput()
-				if err != nil {
-					t.Fatalf("%s: %v\n%s", client, err, out)
-				}
-				var reply struct {
-					Offset  float64 `json:"offset"`
-					Stratum int     `json:"stratum"`
-					Leap    string  `json:"leap"`
-					// The client's own error bound for its offset: a
-					// Python client on a busy machine reads its clock late.
-					Precision float64 `json:"precision"`
-				}
-				if err := json.Unmarshal(bytes.TrimSpace(out), &reply); err != nil {
-					t.Fatalf("%s output %q: %v", client, out, err)
-				}
-				if reply.Stratum != 10 || reply.Leap != "no-leap" || math.Abs(reply.Offset) > 0.001+reply.Precision {
-					t.Errorf("%s says stratum %d, leap %s, offset %v s ± %v s; want chronyd's stratum 10, no leap, within 1 ms of the error bound",
-						client, reply.Stratum, reply.Leap, reply.Offset, reply.Precision)
-				}
-			})
+// requireNtplib ends the test (or fails it, under CI=true) unless Debian's
+// python3-ntplib is installed.
+func requireNtplib(t *testing.T) {
+	t.Helper()
+	chronytest.Require(t, "python3")
+	if err := exec.Command("/usr/bin/python3", "-c", "import ntplib").Run(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("python3-ntplib is required under CI=true: %v (make test installs it)", err)
 		}
+		t.Skipf("python3-ntplib not installed: %v", err)
+	}
+}
+
+// queryRealClients asks fastntp on port 123 of namespace ns for the time
+// with three clients written apart from each other and from fastntp:
+// ntpdig (NTPsec, Python), python3-ntplib and chronyd -Q (C), and checks
+// what they measured. (Debian's sntp is ntpdig under another name.)
+func queryRealClients(t *testing.T, ns, ntpdig string) {
+	for _, server := range []string{"127.0.0.1", "::1"} {
+		t.Run("ntpdig/"+server, func(t *testing.T) {
+			out, err := chronytest.Command(ns, ntpdig, "-j", "-t", "2", server).CombinedOutput()
+			if err != nil {
+				t.Fatalf("ntpdig: %v\n%s", err, out)
+			}
+			var reply struct {
+				Offset  float64 `json:"offset"`
+				Stratum int     `json:"stratum"`
+				Leap    string  `json:"leap"`
+				// The client's own error bound for its offset: a
+				// Python client on a busy machine reads its clock late.
+				Precision float64 `json:"precision"`
+			}
+			if err := json.Unmarshal(bytes.TrimSpace(out), &reply); err != nil {
+				t.Fatalf("ntpdig output %q: %v", out, err)
+			}
+			if reply.Stratum != 10 || reply.Leap != "no-leap" || math.Abs(reply.Offset) > 0.001+reply.Precision {
+				t.Errorf("ntpdig says stratum %d, leap %s, offset %v s ± %v s; want chronyd's stratum 10, no leap, within 1 ms of the error bound",
+					reply.Stratum, reply.Leap, reply.Offset, reply.Precision)
+			}
+		})
+		t.Run("ntplib/"+server, func(t *testing.T) {
+			out, err := chronytest.Command(ns, "/usr/bin/python3", "testdata/ntplib-query.py", server, "123").CombinedOutput()
+			if err != nil {
+				t.Fatalf("ntplib: %v\n%s", err, out)
+			}
+			var reply struct {
+				Offset, Delay float64
+				Stratum, Leap int
+				Version, Mode int
+			}
+			if err := json.Unmarshal(bytes.TrimSpace(out), &reply); err != nil {
+				t.Fatalf("ntplib output %q: %v", out, err)
+			}
+			// The client's offset is off by up to half its round trip.
+			if reply.Stratum != 10 || reply.Leap != 0 || reply.Version != 4 || reply.Mode != 4 ||
+				math.Abs(reply.Offset) > 0.001+reply.Delay/2 {
+				t.Errorf("ntplib says %+v; want chronyd's stratum 10, no leap, version 4, mode 4, within 1 ms of half the delay", reply)
+			}
+		})
 	}
 	t.Run("chronyd -Q", func(t *testing.T) {
 		// chronyd as a one-shot client: it prints the offset it measured.
@@ -429,12 +461,30 @@ func TestDropPrivileges(t *testing.T) {
 	}
 }
 
-func TestUnprivilegedUserSwitchFails(t *testing.T) {
-	if os.Geteuid() == 0 {
-		out, err := exec.Command(binary, onHost("-a", "127.0.0.1:0", "-6", "0", "-u", "no-such-user-fastntp")...).CombinedOutput()
-		if err == nil || !strings.Contains(string(out), "no-such-user-fastntp") {
-			t.Errorf("unknown user: %v\n%s", err, out)
-		}
+// -u needs root to switch from, and a user that exists: both are start-up
+// errors that say what is wrong.
+func TestUserSwitchErrors(t *testing.T) {
+	chronytest.RequireRoot(t)
+	setpriv := chronytest.Require(t, "setpriv")
+	for _, tt := range []struct {
+		name    string
+		command []string
+		want    string
+	}{
+		{"unknown user", []string{binary, "-u", "no-such-user-fastntp"}, "no-such-user-fastntp"},
+		{"root", []string{binary, "-u", "root"}, "-u root: a user other than root"},
+		{"not root", []string{setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--", binary, "-u", "nobody"},
+			"-u and -r need fastntp to start as root"},
+		{"chroot, not root", []string{setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--", binary, "-u", "nobody", "-r", "/"},
+			"-u and -r need fastntp to start as root"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			args := append(tt.command[1:], onHost("-a", loopback(chronytest.FreePort(t)).String(), "-6", "0")...)
+			out, err := exec.Command(tt.command[0], args...).CombinedOutput()
+			if code := exitCode(err); code != 1 || !strings.Contains(string(out), tt.want) {
+				t.Errorf("exit %d, want 1 with %q; output:\n%s", code, tt.want, out)
+			}
+		})
 	}
 }
 
@@ -612,6 +662,45 @@ func TestTransmitStampsUnprivileged(t *testing.T) {
 	t.Cleanup(func() { p.cmd.Process.Kill(); p.cmd.Wait() })
 	p.waitLog(`"transmit_stamps":"before each send"`, 5*time.Second)
 	p.waitLog("the device stamper is unavailable", time.Second)
+}
+
+func TestPerSecond(t *testing.T) {
+	for _, tt := range []struct {
+		n    uint64
+		secs float64
+		want float64
+	}{
+		{2, 5.0000002, 0.4}, // a ticker a little late: not 0.39999990024002485
+		{123456, 1.0000001, 123456},
+		{0, 60, 0},
+		{1, 3, 0.3},
+	} {
+		if got := perSecond(tt.n, tt.secs); got != tt.want {
+			t.Errorf("perSecond(%d, %v) = %v, want %v", tt.n, tt.secs, got, tt.want)
+		}
+	}
+}
+
+// TestVersionStamped builds fastntp as make build does, with Go's own VCS
+// stamping off, and checks that --version says what git describe says.
+func TestVersionStamped(t *testing.T) {
+	chronytest.Require(t, "make")
+	git := chronytest.Require(t, "git")
+	describe, err := exec.Command(git, "describe", "--tags", "--always", "--dirty", "--match", "v[0-9]*").Output()
+	if err != nil {
+		t.Fatalf("git describe: %v", err)
+	}
+	dir := t.TempDir()
+	build := exec.Command("make", "-s", "-C", "../..", "build", "BIN="+dir)
+	build.Env = append(os.Environ(), "GOFLAGS=-buildvcs=false")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("make build: %v\n%s", err, out)
+	}
+	out, err := exec.Command(filepath.Join(dir, "fastntp"), "--version").Output()
+	want := "fastntp " + strings.TrimPrefix(strings.TrimSpace(string(describe)), "v") + "\n"
+	if err != nil || string(out) != want {
+		t.Errorf("--version printed %q (%v), want %q", out, err, want)
+	}
 }
 
 // Running as root is warned about; dropping to a user is not.

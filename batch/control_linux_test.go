@@ -114,18 +114,76 @@ func TestSockaddrRoundTrip(t *testing.T) {
 	}
 }
 
-// FuzzParseControl feeds arbitrary control data to the parser, which must
-// never panic nor read past the data.
+// FuzzParseControl checks two properties. Control data the kernel could
+// send, built from fuzzed fields in a fuzzed order, parses back to those
+// fields; the IPv4 packet info carries a destination the datagram was
+// sent to (ipi_addr) and a different one the kernel would reply from
+// (ipi_spec_dst), and the parser must take the first. Arbitrary bytes,
+// as the rest of the input, never make it panic nor read past the data.
 func FuzzParseControl(f *testing.F) {
-	f.Add(cmsg(unix.SOL_SOCKET, unix.SO_TIMESTAMPNS_NEW, timespec(1, 2)))
-	f.Add(cmsg(unix.IPPROTO_IP, unix.IP_PKTINFO, make([]byte, 12)))
-	f.Add(cmsg(unix.IPPROTO_IPV6, unix.IPV6_PKTINFO, make([]byte, 20)))
-	f.Fuzz(func(t *testing.T, oob []byte) {
-		// Control buffers are 8-byte aligned, as the kernel requires.
-		aligned := make([]uint64, (len(oob)+7)/8)
-		b := unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(aligned))), len(aligned)*8)[:len(oob)]
-		copy(b, oob)
+	f.Add(cmsg(unix.SOL_SOCKET, unix.SO_TIMESTAMPNS_NEW, timespec(1, 2)), uint8(0), int64(1700000000), uint32(5), uint32(0xc0000207), uint32(3), []byte{0x20, 0x01, 0x0d, 0xb8}, uint32(17))
+	f.Add(cmsg(unix.IPPROTO_IP, unix.IP_PKTINFO, make([]byte, 12)), uint8(0x1f), int64(0), uint32(0), uint32(0), uint32(0), []byte(nil), uint32(0))
+	f.Add(cmsg(unix.IPPROTO_IPV6, unix.IPV6_PKTINFO, make([]byte, 20)), uint8(0x2e), int64(-1), uint32(999999999), uint32(1), uint32(1<<31), []byte("0123456789abcdef"), uint32(1<<32-1))
+	f.Fuzz(func(t *testing.T, raw []byte, layout uint8, sec int64, nsec, addr4, iface uint32, addr6 []byte, drops uint32) {
 		var m Message
-		parseControl(b, &m)
+		parseControl(aligned(raw), &m)
+
+		// layout's bits choose the messages (bit 0 a timestamp, 1 the
+		// drop counter, 2 IPv4 or else IPv6 packet info, 3 packet info
+		// at all) and their order (bits 4 and 5).
+		nsec %= 1e9
+		sec %= 1 << 40
+		spec := addr4 ^ 0xffffffff // never ipi_addr
+		var want Message
+		var wantDrops uint32
+		var parts [][]byte
+		if layout&1 != 0 {
+			parts = append(parts, cmsg(unix.SOL_SOCKET, unix.SO_TIMESTAMPNS_NEW, timespec(sec, int64(nsec))))
+			want.Received = time.Unix(sec, int64(nsec))
+		}
+		if layout&2 != 0 {
+			parts = append(parts, cmsg(unix.SOL_SOCKET, unix.SO_RXQ_OVFL, binary.NativeEndian.AppendUint32(nil, drops)))
+			wantDrops = drops
+		}
+		if layout&8 != 0 {
+			if layout&4 != 0 {
+				info := make([]byte, unix.SizeofInet4Pktinfo)
+				binary.NativeEndian.PutUint32(info, iface)
+				binary.BigEndian.PutUint32(info[4:], spec)
+				binary.BigEndian.PutUint32(info[8:], addr4)
+				parts = append(parts, cmsg(unix.IPPROTO_IP, unix.IP_PKTINFO, info))
+				want.Local = netip.AddrFrom4([4]byte(info[8:12]))
+			} else {
+				var a [16]byte
+				copy(a[:], addr6)
+				info := append(a[:], binary.NativeEndian.AppendUint32(nil, iface)...)
+				parts = append(parts, cmsg(unix.IPPROTO_IPV6, unix.IPV6_PKTINFO, info))
+				want.Local = netip.AddrFrom16(a)
+			}
+			want.Interface = iface
+		}
+		for range layout >> 4 & 3 {
+			if len(parts) > 1 {
+				parts = append(parts[1:], parts[0])
+			}
+		}
+		var built []byte
+		for _, p := range parts {
+			built = append(built, p...)
+		}
+		var got Message
+		gotDrops, _ := parseControl(aligned(built), &got)
+		if !got.Received.Equal(want.Received) || got.Local != want.Local || got.Interface != want.Interface || gotDrops != wantDrops {
+			t.Fatalf("parsed %+v drops %d, built %+v drops %d", got, gotDrops, want, wantDrops)
+		}
 	})
+}
+
+// aligned copies b into memory aligned as the kernel's control buffers are,
+// to 8 bytes.
+func aligned(b []byte) []byte {
+	words := make([]uint64, (len(b)+7)/8)
+	out := unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(words))), len(words)*8)[:len(b)]
+	copy(out, b)
+	return out
 }

@@ -12,8 +12,10 @@ func rule(allow bool, prefix string) AccessRule {
 }
 
 // chronyd's precedence: the most specific matching rule wins, whatever the
-// order; for the same prefix the later rule wins; with allow rules the rest
-// is denied, with only deny rules the rest is served.
+// order; for the same prefix the later rule wins. What no rule matches
+// follows fastntp's own default, as the code documents: with any allow rule
+// the rest is denied; with deny rules alone, or none, the rest is served,
+// as rsntp serves everyone (chronyd with no allow rule serves no one).
 func TestAccessList(t *testing.T) {
 	tests := []struct {
 		name  string

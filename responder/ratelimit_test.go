@@ -81,7 +81,7 @@ func TestRateLimitShare(t *testing.T) {
 		// About the leak's quarter at least; less than at a lower rate. (A
 		// leaked response empties the bucket, so the share is below the
 		// limit's plus the leak's: chronyd's arithmetic, compared against
-		// chronyd itself by cmd/fastntp's TestRateLimitLikeChronyd.)
+		// chronyd itself by TestRateLimitAgainstChronyd.)
 		if got < 0.22 || got >= prev {
 			t.Errorf("at %dx the limit %.3f answered, want at least about 0.25 and less than at a lower rate (%.3f)", factor, got, prev)
 		}

@@ -603,6 +603,38 @@ func TestWorkerFailureStopsServe(t *testing.T) {
 			t.Errorf("socket %d still open after Serve returned", i)
 		}
 	}
+	if n := srv.Running(); n != 0 {
+		t.Errorf("Running() = %d after Serve returned", n)
+	}
+}
+
+// Running counts the workers from Serve's start until it stops them.
+func TestRunning(t *testing.T) {
+	srv, err := Listen(Config{Listeners: loopbackListeners(3)[:1], Source: newStaticSource(freshSnapshot()), TransmitStamps: StampSyscall})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if srv.Size() != 3 || srv.Running() != 0 {
+		t.Fatalf("before Serve: Size() = %d, Running() = %d; want 3 and 0", srv.Size(), srv.Running())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	for deadline := time.Now().Add(5 * time.Second); srv.Running() != 3; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("Running() = %d 5 s into Serve, want 3", srv.Running())
+		}
+	}
+	if _, err := chronytest.Query(srv.Addrs()[0], 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := srv.Running(); n != 0 {
+		t.Errorf("Running() = %d after Serve returned", n)
+	}
 }
 
 // Another socket on the address, such as a chronyd left serving the port,

@@ -144,6 +144,7 @@ type Poller struct {
 	precision  int8
 	current    atomic.Pointer[Snapshot]
 	lastAnswer atomic.Int64 // Unix nanoseconds of the last synchronized answer, 0 before one
+	readLag    atomic.Int64 // nanoseconds the last answer waited in the socket
 
 	// Owned by Run's goroutine.
 	lastGood *Snapshot // the last synchronized state, served until it expires
@@ -179,6 +180,12 @@ func (p *Poller) LastAnswer() time.Time {
 	}
 	return time.Time{}
 }
+
+// ReadLag returns how long the backend's last answer waited in the
+// socket, from the kernel's receive timestamp to the poller's read: the
+// scheduler's delay on a busy machine, which dating answers by that
+// timestamp keeps out of the measured offset and round trip.
+func (p *Poller) ReadLag() time.Duration { return time.Duration(p.readLag.Load()) }
 
 // Run polls the backend until ctx is done, then returns ctx's error.
 func (p *Poller) Run(ctx context.Context) error {
@@ -289,6 +296,7 @@ func (p *Poller) poll(ctx context.Context, conn *net.UDPConn) (*answer, error) {
 		if a.arrived.IsZero() {
 			a.arrived = a.received
 		}
+		p.readLag.Store(int64(a.received.Round(0).Sub(a.arrived)))
 		return a, nil
 	}
 }

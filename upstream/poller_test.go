@@ -65,11 +65,10 @@ func TestReadAnswer(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			a := answerAt(now, 0, tt.edit)
-			a.header.OriginTime = cookie
-			if tt.name == "wrong origin" {
-				a.header.OriginTime++
-			}
+			a := answerAt(now, 0, func(h *ntp.Header) {
+				h.OriginTime = cookie
+				tt.edit(h)
+			})
 			b := make([]byte, ntp.HeaderSize)
 			a.header.Encode(b)
 			var h ntp.Header

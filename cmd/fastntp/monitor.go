@@ -108,6 +108,7 @@ type collector struct {
 	offset   *prometheus.Desc
 	delay    *prometheus.Desc
 	age      *prometheus.Desc
+	readLag  *prometheus.Desc
 	rootDel  *prometheus.Desc
 	rootDisp *prometheus.Desc
 	device   *prometheus.Desc
@@ -137,6 +138,7 @@ func newCollector(srv *responder.Server, poller *upstream.Poller) *collector {
 	c.offset = gauge("fastntp_backend_offset_seconds", "The backend's clock minus the system clock, as last measured.")
 	c.delay = gauge("fastntp_backend_delay_seconds", "The round trip of that measurement; half of it bounds the offset's error.")
 	c.age = gauge("fastntp_backend_answer_age_seconds", "Time since the backend's last valid answer.")
+	c.readLag = gauge("fastntp_backend_read_lag_seconds", "How long the backend's last answer waited in the socket before fastntp read it: the scheduler's delay on a busy machine, kept out of the offset by the kernel's receive timestamp.")
 	c.rootDel = gauge("fastntp_root_delay_seconds", "The root delay served now.")
 	c.rootDisp = gauge("fastntp_root_dispersion_seconds", "The root dispersion served now.")
 	c.device = gauge("fastntp_transmit_stamps_at_device", "1 while an eBPF program stamps replies at the network devices, 0 while they are stamped before each send.")
@@ -184,7 +186,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 			ch <- d
 		}
 	}
-	for _, d := range []*prometheus.Desc{c.dropped, c.synced, c.leap, c.stratum, c.offset, c.delay, c.age, c.rootDel, c.rootDisp, c.device,
+	for _, d := range []*prometheus.Desc{c.dropped, c.synced, c.leap, c.stratum, c.offset, c.delay, c.age, c.readLag, c.rootDel, c.rootDisp, c.device,
 		c.deviceStamped, c.deviceUnstamped} {
 		ch <- d
 	}
@@ -233,6 +235,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if last := c.poller.LastAnswer(); !last.IsZero() {
 		gauge(c.age, now.Sub(last).Seconds())
+		gauge(c.readLag, c.poller.ReadLag().Seconds())
 	}
 	if stamps, atDevice := c.srv.DeviceStamps(); atDevice {
 		gauge(c.device, 1)

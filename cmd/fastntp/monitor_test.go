@@ -14,9 +14,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/fastntp/fastntp/bench"
 	"github.com/fastntp/fastntp/internal/chronytest"
@@ -352,4 +355,41 @@ func TestDeviceStampMetrics(t *testing.T) {
 		}
 	}
 	p.waitLog(`"device_stamped_per_s":`, 2*time.Second)
+}
+
+// fakeWorkers is a server whose running workers the test sets.
+type fakeWorkers struct{ running, size atomic.Int32 }
+
+func (f *fakeWorkers) Running() int { return int(f.running.Load()) }
+func (f *fakeWorkers) Size() int    { return int(f.size.Load()) }
+
+// The watchdog is fed only while every worker runs: a server one worker
+// short gets no WATCHDOG=1, so that systemd restarts it.
+func TestWatchdogStarvedByStoppedWorker(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	t.Setenv("NOTIFY_SOCKET", sock)
+	t.Setenv("WATCHDOG_USEC", "100000") // fed every 50 ms
+	workers := &fakeWorkers{}
+	workers.size.Store(4)
+	workers.running.Store(3)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { feedWatchdog(ctx, workers, zap.NewNop()); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	buf := make([]byte, 64)
+	conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	if n, err := conn.Read(buf); err == nil {
+		t.Fatalf("fed %q with 3 of 4 workers running", buf[:n])
+	}
+	workers.running.Store(4)
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := conn.Read(buf); err != nil || string(buf[:n]) != "WATCHDOG=1" {
+		t.Fatalf("with every worker running: %q, %v; want WATCHDOG=1", buf[:n], err)
+	}
 }

@@ -6,8 +6,6 @@ import (
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"go.uber.org/zap"
-
-	"github.com/fastntp/fastntp/responder"
 )
 
 // fastntp speaks systemd's notify protocol through go-systemd's daemon
@@ -27,11 +25,17 @@ func notifyStopping() {
 	daemon.SdNotify(false, daemon.SdNotifyStopping)
 }
 
+// workerCount is what the watchdog asks of a server: *responder.Server.
+type workerCount interface {
+	Running() int
+	Size() int
+}
+
 // feedWatchdog keeps systemd's watchdog (WatchdogSec=) fed, twice per
 // period, for as long as every worker of srv is serving and until ctx is
 // done. A worker that stopped, or a process too wedged to run this loop,
 // lets the watchdog fire and systemd restart fastntp.
-func feedWatchdog(ctx context.Context, srv *responder.Server, logger *zap.Logger) {
+func feedWatchdog(ctx context.Context, srv workerCount, logger *zap.Logger) {
 	period, err := daemon.SdWatchdogEnabled(false)
 	if err != nil {
 		logger.Warn("systemd watchdog settings unreadable", zap.Error(err))

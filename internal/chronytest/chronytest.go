@@ -35,6 +35,16 @@ func Require(t testing.TB, program string) string {
 	return ""
 }
 
+// SkipUnlessCI ends the test for the reason given, except under CI=true,
+// where whatever keeps a test from running is a failure.
+func SkipUnlessCI(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("under CI=true this test must run: "+format, args...)
+	}
+	t.Skipf(format, args...)
+}
+
 // RequireRoot ends the test unless it runs as root.
 func RequireRoot(t testing.TB) {
 	t.Helper()

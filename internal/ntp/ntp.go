@@ -129,13 +129,16 @@ type Short uint32
 // ShortFromSeconds converts seconds to the short format, saturating at the
 // largest representable value and at zero.
 func ShortFromSeconds(s float64) Short {
-	switch {
-	case !(s > 0): // also catches NaN
+	if !(s > 0) { // also catches NaN
 		return 0
-	case s >= 65536:
+	}
+	// Saturating after rounding up: just under 65536 s rounds up to 2^32
+	// units, which would wrap to zero.
+	units := math.Ceil(s * 65536)
+	if units >= math.MaxUint32 {
 		return math.MaxUint32
 	}
-	return Short(math.Ceil(s * 65536))
+	return Short(units)
 }
 
 // Seconds returns the value in seconds.

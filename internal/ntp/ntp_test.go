@@ -3,6 +3,7 @@ package ntp
 import (
 	"bytes"
 	"encoding/binary"
+	"math"
 	"testing"
 	"time"
 )
@@ -74,14 +75,28 @@ func TestShort(t *testing.T) {
 	tests := []struct {
 		s    float64
 		want Short
-	}{{0, 0}, {-1, 0}, {1, 1 << 16}, {0.5, 1 << 15}, {1e-9, 1}, {70000, 0xffffffff}}
+	}{{0, 0}, {-1, 0}, {math.NaN(), 0}, {1, 1 << 16}, {0.5, 1 << 15}, {1e-9, 1}, {65535.99999, 0xffffffff},
+		{65536, 0xffffffff}, {70000, 0xffffffff}}
 	for _, tt := range tests {
 		if got := ShortFromSeconds(tt.s); got != tt.want {
 			t.Errorf("ShortFromSeconds(%v) = %#x, want %#x", tt.s, got, tt.want)
 		}
 	}
-	if got := Short(0xfffffff0).Add(0x20); got != 0xffffffff {
-		t.Errorf("Add saturates at %#x, want 0xffffffff", got)
+	for _, tt := range []struct {
+		a, b, want Short
+	}{{0xfffffff0, 0x20, 0xffffffff}, {0xfffffff0, 0x0f, 0xffffffff}, {0xfffffff0, 0x10, 0xffffffff}, {1, 2, 3}, {5, 0, 5}} {
+		if got := tt.a.Add(tt.b); got != tt.want {
+			t.Errorf("%#x.Add(%#x) = %#x, want %#x", tt.a, tt.b, got, tt.want)
+		}
+	}
+	if got := Short(3 << 15).Seconds(); got != 1.5 {
+		t.Errorf("Seconds() = %v, want 1.5", got)
+	}
+}
+
+func TestTimeIsZero(t *testing.T) {
+	if !Time64(0).IsZero() || Time64(1).IsZero() || TimeFrom(time.Now()).IsZero() {
+		t.Error("IsZero is true for nothing but 0")
 	}
 }
 

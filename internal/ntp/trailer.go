@@ -5,8 +5,8 @@ import "encoding/binary"
 // Lengths that decide how the bytes after the header are read, as chronyd
 // reads them (RFC 7822 and chrony's ntp.h).
 const (
-	minMACLength            = 4 + 16 // key ID and the shortest digest
-	maxV4MACLength          = 4 + 20 // longest MAC that still allows EF parsing
+	minMACLength            = 20 // a key ID (4) and the shortest digest (16)
+	maxV4MACLength          = 24 // a key ID and the longest digest (20) that still allows EF parsing
 	minExtensionFieldLength = 16
 )
 
@@ -61,12 +61,14 @@ func ParseTrailer(packet []byte, version uint8) (Trailer, error) {
 		return tr, nil
 	}
 	for len(rest) > 0 {
-		if len(rest) >= minMACLength && len(rest) <= maxV4MACLength {
+		// What is too short for an extension field after the header or
+		// the fields before it is a MAC, or malformed.
+		if len(rest) <= maxV4MACLength {
+			if len(rest) < minMACLength {
+				return tr, ErrMalformed
+			}
 			tr.Auth = AuthSymmetric
 			return tr, nil
-		}
-		if len(rest) <= maxV4MACLength || len(rest) < minExtensionFieldLength {
-			return tr, ErrMalformed
 		}
 		typ := binary.BigEndian.Uint16(rest)
 		n := int(binary.BigEndian.Uint16(rest[2:]))

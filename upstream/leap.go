@@ -60,12 +60,12 @@ func (s *Snapshot) LeapAt(now time.Time) uint8 {
 	if s.LeapStart.IsZero() {
 		return s.Leap
 	}
-	switch d := now.Sub(s.LeapStart); {
-	case d < 0:
+	d := now.Sub(s.LeapStart)
+	if d < 0 {
 		return s.Leap
-	case d < leapWindowLength:
-		return ntp.LeapUnsynchronized
-	default:
-		return ntp.LeapNone
 	}
+	if d < leapWindowLength {
+		return ntp.LeapUnsynchronized
+	}
+	return ntp.LeapNone
 }

@@ -100,6 +100,8 @@ func TestJudge(t *testing.T) {
 		{name: "small offset", offset: 3 * time.Millisecond, wantSync: true},
 		{name: "unsynchronized backend", edit: func(h *ntp.Header) { h.Leap, h.Stratum, h.ReferenceID = ntp.LeapUnsynchronized, 0, 0 },
 			wantCause: CauseBackendUnsynchronized},
+		{name: "backend at stratum 16", edit: func(h *ntp.Header) { h.Leap, h.Stratum = ntp.LeapUnsynchronized, ntp.MaxStratum },
+			wantCause: CauseBackendUnsynchronized},
 		{name: "clock far off", offset: time.Second, wantCause: CauseOffset},
 		{name: "rate limited", err: kissError{"RATE"}, wantCause: CauseRateLimited, keepsLast: true},
 		{name: "refused", err: kissError{"DENY"}, wantCause: CauseRefused, keepsLast: true},
@@ -192,6 +194,127 @@ func TestOffsetFilter(t *testing.T) {
 	p = newPoller(t, Config{MaxOffset: time.Millisecond})
 	if snap, cause, _ := p.judge(late, nil, now); snap != nil || cause != CauseSlowAnswers {
 		t.Fatalf("a lone slow sample: %v %+v, want slow answers and no verdict", cause, snap)
+	}
+}
+
+// A slow sample proves the clocks apart when its whole error interval lies
+// beyond the bound, and the fastest sample's verdict stands against a
+// slower one that says otherwise.
+func TestOffsetProof(t *testing.T) {
+	now := time.Now()
+	p := newPoller(t, Config{MaxOffset: time.Millisecond})
+	if snap, _, _ := p.judge(answerAt(now, 0, nil), nil, now); !snap.Synchronized {
+		t.Fatal("first answer not synchronized")
+	}
+	// The backend 5 ms ahead, its answer read 3.8 ms late: 3.1 ms off by
+	// the arithmetic, ±2 ms, so apart, though slower than the first sample.
+	slow := answerAt(now.Add(time.Second), 5*time.Millisecond, nil)
+	slow.arrived = slow.arrived.Add(4*time.Millisecond - 200*time.Microsecond)
+	slow.received = slow.arrived
+	snap, cause, _ := p.judge(slow, nil, now.Add(time.Second))
+	if cause != CauseOffset || snap == nil || snap.Synchronized || (snap.Offset-3100*time.Microsecond).Abs() > 10*time.Microsecond ||
+		snap.Delay != 4*time.Millisecond {
+		t.Fatalf("a slow sample 3.1 ms ± 2 ms off: %v %+v, want it to prove the offset", cause, snap)
+	}
+
+	// The fastest sample says 1 s apart; a slower, later one says the
+	// clocks agree: the fastest decides.
+	p = newPoller(t, Config{MaxOffset: time.Millisecond})
+	if _, cause, _ := p.judge(answerAt(now, time.Second, nil), nil, now); cause != CauseOffset {
+		t.Fatalf("1 s off: %v", cause)
+	}
+	agree := answerAt(now.Add(time.Second), 0, nil)
+	agree.arrived = agree.arrived.Add(100 * time.Microsecond)
+	agree.received = agree.arrived
+	if snap, cause, _ := p.judge(agree, nil, now.Add(time.Second)); cause != CauseOffset || snap.Offset < time.Second-time.Millisecond {
+		t.Fatalf("a slower sample overruled the fastest: %v %+v", cause, snap)
+	}
+}
+
+// An answer whose round trip took no time at all (as measured) is a
+// sample like any other.
+func TestRoundTripOfZero(t *testing.T) {
+	now := time.Now()
+	p := newPoller(t, Config{})
+	a := answerAt(now, 0, nil)
+	a.arrived = a.sent.Add(10 * time.Microsecond) // the backend's own 10 µs, nothing more
+	a.received = a.arrived
+	if snap, cause, _ := p.judge(a, nil, now); cause != CauseNone || !snap.Synchronized || snap.Delay != 0 {
+		t.Fatalf("%v %+v, want synchronized with a round trip of 0", cause, snap)
+	}
+}
+
+// Timeouts among answers mean a backend that drops polls, as a ratelimit
+// directive does, once three of the last eight polls went unanswered; with
+// no answer at all, nothing answers.
+func TestFewAnswers(t *testing.T) {
+	now := time.Now()
+	timeout := timeoutError{time.Second}
+	for _, tt := range []struct {
+		name     string
+		answered []bool // oldest first; the last is the timeout judged
+		want     Cause
+	}{
+		{"no answer ever", []bool{false, false, false, false}, CauseNoAnswer},
+		{"one of two", []bool{true, false}, CauseNoAnswer},
+		{"two of eight lost", []bool{true, true, true, true, true, true, false, false}, CauseNoAnswer},
+		{"three of eight lost", []bool{true, true, true, true, true, false, false, false}, CauseFewAnswers},
+		{"one of four answered", []bool{true, false, false, false}, CauseFewAnswers},
+		{"only the last eight count", []bool{false, false, false, true, true, true, true, true, true, false, false}, CauseNoAnswer},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := newPoller(t, Config{})
+			var cause Cause
+			for _, answered := range tt.answered {
+				if answered {
+					_, cause, _ = p.judge(answerAt(now, 0, nil), nil, now)
+				} else {
+					_, cause, _ = p.judge(nil, timeout, now)
+				}
+			}
+			if cause != tt.want {
+				t.Errorf("cause %v, want %v", cause, tt.want)
+			}
+		})
+	}
+}
+
+func TestCauseString(t *testing.T) {
+	if got := CauseOffset.String(); got != "clock offset" {
+		t.Errorf("CauseOffset = %q", got)
+	}
+	if got := Cause(len(causeNames)).String(); got != fmt.Sprintf("Cause(%d)", len(causeNames)) {
+		t.Errorf("an unknown cause = %q", got)
+	}
+}
+
+func TestFormatReferenceID(t *testing.T) {
+	for _, tt := range []struct {
+		refid   uint32
+		stratum uint8
+		want    string
+	}{{0x47505300, 1, "GPS\x00"}, {0x0a000001, 2, "10.0.0.1"}, {0x7f7f0101, 10, "127.127.1.1"}} {
+		if got := formatReferenceID(tt.refid, tt.stratum); got != tt.want {
+			t.Errorf("formatReferenceID(%#x, %d) = %q, want %q", tt.refid, tt.stratum, got, tt.want)
+		}
+	}
+}
+
+// LastAnswer is when the last synchronized answer arrived.
+func TestLastAnswer(t *testing.T) {
+	now := time.Now()
+	p := newPoller(t, Config{})
+	if !p.LastAnswer().IsZero() {
+		t.Fatal("an answer before any poll")
+	}
+	a := answerAt(now, 0, nil)
+	p.update(a, nil, now)
+	if got := p.LastAnswer(); !got.Equal(a.received) {
+		t.Errorf("LastAnswer() = %v, want %v", got, a.received)
+	}
+	p.update(nil, timeoutError{time.Second}, now.Add(time.Second))
+	if got := p.LastAnswer(); !got.Equal(a.received) {
+		t.Errorf("after a timeout LastAnswer() = %v, want %v still", got, a.received)
 	}
 }
 

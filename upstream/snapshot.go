@@ -61,11 +61,10 @@ const phiPPM = 15
 // DispersionAt returns the root dispersion to serve at now: the backend's
 // value plus PHI times the snapshot's age, as RFC 5905 section 11.2 grows
 // dispersion between updates.
+// An age of zero or less (a clock read before Taken) adds nothing, for
+// ShortFromSeconds takes it as zero.
 func (s *Snapshot) DispersionAt(now time.Time) ntp.Short {
 	age := now.Sub(s.Taken)
-	if age <= 0 {
-		return s.RootDispersion
-	}
 	return s.RootDispersion.Add(ntp.ShortFromSeconds(age.Seconds() * phiPPM / 1e6))
 }
 

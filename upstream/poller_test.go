@@ -237,7 +237,12 @@ func TestRoundTripOfZero(t *testing.T) {
 	now := time.Now()
 	p := newPoller(t, Config{})
 	a := answerAt(now, 0, nil)
-	a.arrived = a.sent.Add(10 * time.Microsecond) // the backend's own 10 µs, nothing more
+	// The backend's own 10 µs and nothing more, with the times read back
+	// from its timestamps so that no rounding makes the round trip a
+	// nanosecond short of zero, or over it.
+	t2, t3 := a.header.ReceiveTime.Time(now), a.header.TransmitTime.Time(now)
+	a.sent = t2.Add(-5 * time.Microsecond)
+	a.arrived = a.sent.Add(t3.Sub(t2))
 	a.received = a.arrived
 	if snap, cause, _ := p.judge(a, nil, now); cause != CauseNone || !snap.Synchronized || snap.Delay != 0 {
 		t.Fatalf("%v %+v, want synchronized with a round trip of 0", cause, snap)

@@ -84,7 +84,9 @@ func (c Config) withDefaults() Config {
 // and the mutation tests, read if statements better than a switch's cases,
 // whose conditions Go's coverage profile attributes to no block.)
 func (c Config) validate() error {
-	if c.Interval < 0 || c.Timeout < 0 || c.MaxAge < 0 || c.MaxOffset < 0 {
+	// A negative interval or maximum age fails the checks of their range
+	// below.
+	if c.Timeout < 0 || c.MaxOffset < 0 {
 		return errors.New("upstream: durations must not be negative")
 	}
 	if c.Server.Port() == 0 {

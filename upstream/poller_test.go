@@ -62,6 +62,8 @@ func TestReadAnswer(t *testing.T) {
 		}, `kiss-o'-death "RATE"`},
 		{"kiss-o'-death DENY with leap 0", func(h *ntp.Header) { h.Stratum, h.ReferenceID = 0, binary.BigEndian.Uint32([]byte("DENY")) }, `"DENY"`},
 		{"no timestamps", func(h *ntp.Header) { h.TransmitTime = 0 }, "without timestamps"},
+		// The unsynchronized form needs no timestamps.
+		{"stratum 16 without timestamps", func(h *ntp.Header) { h.Leap, h.Stratum, h.TransmitTime = ntp.LeapUnsynchronized, 16, 0 }, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -231,19 +233,89 @@ func TestOffsetProof(t *testing.T) {
 	}
 }
 
+// exactAnswer returns an answer whose times are read back from the
+// backend's own timestamps, so that no rounding moves them: the poll left
+// sentBefore ahead of the backend's receive timestamp, and the answer came
+// back arrivedAfter the backend's transmit timestamp. The round trip is the
+// sum of the two, the offset half their difference.
+func exactAnswer(at time.Time, sentBefore, arrivedAfter time.Duration) *answer {
+	a := answerAt(at, 0, nil)
+	t2, t3 := a.header.ReceiveTime.Time(at), a.header.TransmitTime.Time(at)
+	a.sent = t2.Add(-sentBefore)
+	a.arrived = t3.Add(arrivedAfter)
+	a.received = a.arrived
+	return a
+}
+
+// A sample exactly at a bound: whose error interval ends exactly at
+// MaxOffset proves nothing, and whose error bound is exactly MaxOffset is
+// fast enough.
+func TestBounds(t *testing.T) {
+	now := time.Now()
+	p := newPoller(t, Config{MaxOffset: time.Millisecond})
+	// No round trip, 1 ms apart: the interval ends at the bound.
+	if snap, cause, _ := p.judge(exactAnswer(now, time.Millisecond, -time.Millisecond), nil, now); cause != CauseNone || !snap.Synchronized {
+		t.Errorf("an interval ending at the bound: %v %+v, want synchronized", cause, snap)
+	}
+	p = newPoller(t, Config{MaxOffset: time.Millisecond})
+	// A round trip of 2 ms, so an error bound of 1 ms.
+	if snap, cause, _ := p.judge(exactAnswer(now, time.Millisecond, time.Millisecond), nil, now); cause != CauseNone || !snap.Synchronized {
+		t.Errorf("an error bound at the bound: %v %+v, want synchronized", cause, snap)
+	}
+	// Of two samples of zero round trip, the latest proves the clocks a
+	// second apart, though the first, as fast, did not.
+	p = newPoller(t, Config{MaxOffset: time.Millisecond})
+	if snap, _, _ := p.judge(exactAnswer(now, 0, 0), nil, now); !snap.Synchronized {
+		t.Fatal("first answer not synchronized")
+	}
+	if _, cause, _ := p.judge(exactAnswer(now.Add(time.Second), time.Second, -time.Second), nil, now.Add(time.Second)); cause != CauseOffset {
+		t.Errorf("a fast sample a second apart: %v, want %v", cause, CauseOffset)
+	}
+}
+
+// Trouble while the last state is served is logged once, and so is the
+// backend's answering again, when it does.
+func TestTroubleLogged(t *testing.T) {
+	now := time.Now()
+	logger, logs := observed()
+	p := newPoller(t, Config{Logger: logger})
+	const (
+		synchronized = "synchronized to backend"
+		trouble      = "backend trouble; serving its last valid state until it expires"
+		again        = "backend answers again"
+		unsync       = "serving unsynchronized replies"
+	)
+	for i, step := range []struct {
+		err  error
+		want map[string]int // logged so far
+	}{
+		{nil, map[string]int{synchronized: 1, trouble: 0, again: 0}},
+		{nil, map[string]int{synchronized: 1, trouble: 0, again: 0}},
+		{timeoutError{time.Second}, map[string]int{trouble: 1, again: 0}},
+		{timeoutError{time.Second}, map[string]int{trouble: 1, again: 0}},
+		{nil, map[string]int{synchronized: 1, trouble: 1, again: 1}},
+		{nil, map[string]int{synchronized: 1, trouble: 1, again: 1, unsync: 0}},
+	} {
+		at := now.Add(time.Duration(i) * 100 * time.Millisecond)
+		if step.err != nil {
+			p.update(nil, step.err, at)
+		} else {
+			p.update(answerAt(at, 0, nil), nil, at)
+		}
+		for message, want := range step.want {
+			if n := countLogs(logs, message); n != want {
+				t.Errorf("after poll %d: %q logged %d times, want %d", i+1, message, n, want)
+			}
+		}
+	}
+}
+
 // An answer whose round trip took no time at all (as measured) is a
 // sample like any other.
 func TestRoundTripOfZero(t *testing.T) {
 	now := time.Now()
 	p := newPoller(t, Config{})
-	a := answerAt(now, 0, nil)
-	// The backend's own 10 µs and nothing more, with the times read back
-	// from its timestamps so that no rounding makes the round trip a
-	// nanosecond short of zero, or over it.
-	t2, t3 := a.header.ReceiveTime.Time(now), a.header.TransmitTime.Time(now)
-	a.sent = t2.Add(-5 * time.Microsecond)
-	a.arrived = a.sent.Add(t3.Sub(t2))
-	a.received = a.arrived
+	a := exactAnswer(now, 0, 0)
 	if snap, cause, _ := p.judge(a, nil, now); cause != CauseNone || !snap.Synchronized || snap.Delay != 0 {
 		t.Fatalf("%v %+v, want synchronized with a round trip of 0", cause, snap)
 	}
@@ -358,9 +430,22 @@ func TestConfigValidation(t *testing.T) {
 		{Interval: time.Second, Timeout: 2 * time.Second},
 		{Interval: time.Second, MaxAge: time.Millisecond},
 		{MaxOffset: -1},
+		{Timeout: -1},
+		{MaxAge: -time.Second},
 	} {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("New(%+v) succeeded", cfg)
+		}
+	}
+	// The bounds themselves are allowed.
+	for _, cfg := range []Config{
+		{Interval: MinInterval},
+		{Interval: MaxInterval},
+		{Interval: time.Second, Timeout: time.Second},
+		{Interval: time.Second, MaxAge: time.Second},
+	} {
+		if _, err := New(cfg); err != nil {
+			t.Errorf("New(%+v): %v", cfg, err)
 		}
 	}
 }

@@ -315,3 +315,41 @@ func TestAllocations(t *testing.T) {
 		})
 	}
 }
+
+// EnableTimestamps and ReceiveTime, for sockets Listen did not open: a
+// datagram's kernel receive time, between its send and its read; and no
+// timestamps from a closed socket.
+func TestReceiveTime(t *testing.T) {
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !EnableTimestamps(raw) {
+		t.Fatal("no timestamps on a UDP socket")
+	}
+	before := time.Now()
+	if _, err := conn.WriteToUDP([]byte("x"), conn.LocalAddr().(*net.UDPAddr)); err != nil {
+		t.Fatal(err)
+	}
+	buf, oob := make([]byte, 8), make([]byte, TimestampControlSize)
+	conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	_, oobn, _, _, err := conn.ReadMsgUDP(buf, oob)
+	after := time.Now()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ReceiveTime(oob[:oobn]); got.Before(before.Round(0)) || got.After(after.Round(0)) {
+		t.Errorf("received at %v, sent at %v, read at %v", got, before, after)
+	}
+	if got := ReceiveTime(nil); !got.IsZero() {
+		t.Errorf("no control data: %v", got)
+	}
+	conn.Close()
+	if EnableTimestamps(raw) {
+		t.Error("timestamps on a closed socket")
+	}
+}

@@ -39,6 +39,8 @@ func TestAccessList(t *testing.T) {
 			allow: []string{"2001:db9::1", "192.0.2.8"}, deny: []string{"2001:db8:1::1", "192.0.2.7", "::ffff:192.0.2.7"}},
 		{name: "an IPv4-mapped prefix is IPv4", rules: []AccessRule{rule(false, "::ffff:10.0.0.0/104")},
 			allow: []string{"11.0.0.1"}, deny: []string{"10.9.9.9"}},
+		{name: "all of the IPv4-mapped space is all of IPv4", rules: []AccessRule{rule(false, "::ffff:0.0.0.0/96")},
+			allow: []string{"2001:db8::1"}, deny: []string{"192.0.2.1", "::ffff:198.51.100.1"}},
 		{name: "unmasked prefixes are masked", rules: []AccessRule{rule(false, "10.1.2.3/8")},
 			deny: []string{"10.200.0.1"}},
 	}

@@ -32,6 +32,7 @@ func TestJudgeStamps(t *testing.T) {
 		{"one batch more stamped than counted sent", 1000, egress.Counts{Stamped: 1064}, true, false, nil},
 		{"99% stamped", 1000, egress.Counts{Stamped: 990, Unsure: 10}, true, false, nil},
 		{"too few to judge", 99, egress.Counts{}, false, false, nil},
+		{"just enough to judge", 100, egress.Counts{}, true, true, []string{"100 replies never reached the program"}},
 		{"none reached the program", 1000, egress.Counts{}, true, true, []string{"1000 replies never reached the program"}},
 		{"TAI offset", 1000, egress.Counts{Stamped: 900, Unsure: 100}, true, true, []string{"100 the program's clock disagreed"}},
 		{"commonest first", 1000, egress.Counts{Stamped: 800, Unsure: 50, ChecksumFailed: 100}, true, true,
@@ -56,6 +57,17 @@ func TestJudgeStamps(t *testing.T) {
 			}
 			if v.notSeen > 0 && !strings.Contains(cause, "eth1") {
 				t.Errorf("cause %q does not name the device that refused the program", cause)
+			}
+			// Only what happened is named.
+			for part, happened := range map[string]bool{
+				"never reached": v.notSeen > 0, "clock disagreed": tt.seen.Unsure > 0, "checksum": tt.seen.ChecksumFailed > 0,
+			} {
+				if strings.Contains(cause, part) != happened {
+					t.Errorf("cause %q: mentions %q: %v, want %v", cause, part, !happened, happened)
+				}
+			}
+			if v.notSeen > 0 && strings.Contains(v.cause(nil), "refused by") {
+				t.Errorf("cause %q names refusals where none were", v.cause(nil))
 			}
 		})
 	}

@@ -61,16 +61,19 @@ const (
 
 // Validate reports a setting out of range.
 func (r RateLimit) Validate() error {
-	switch {
-	case r.Interval < MinRateLimitInterval || r.Interval > MaxRateLimitInterval:
+	if r.Interval < MinRateLimitInterval || r.Interval > MaxRateLimitInterval {
 		return fmt.Errorf("rate limit interval %d is out of range %d..%d", r.Interval, MinRateLimitInterval, MaxRateLimitInterval)
-	case r.Burst < 1 || r.Burst > maxRateLimitBurst:
+	}
+	if r.Burst < 1 || r.Burst > maxRateLimitBurst {
 		return fmt.Errorf("rate limit burst %d is out of range 1..%d", r.Burst, maxRateLimitBurst)
-	case r.Leak < 1 || r.Leak > maxLeak:
+	}
+	if r.Leak < 1 || r.Leak > maxLeak {
 		return fmt.Errorf("rate limit leak %d is out of range 1..%d", r.Leak, maxLeak)
-	case r.KoD < 0 || r.KoD > maxLeak:
+	}
+	if r.KoD < 0 || r.KoD > maxLeak {
 		return fmt.Errorf("rate limit kiss-o'-death rate %d is out of range 0..%d", r.KoD, maxLeak)
-	case r.Memory < minClientMemory || r.Memory > maxClientMemory:
+	}
+	if r.Memory < minClientMemory || r.Memory > maxClientMemory {
 		return fmt.Errorf("client memory %d bytes is out of range %d..%d", r.Memory, minClientMemory, maxClientMemory)
 	}
 	return nil
@@ -244,12 +247,11 @@ func (t *clientTable) update(r *clientRecord, now uint32) {
 		return
 	}
 	var tokens uint32
-	switch {
-	case t.tokenShift >= 0:
+	if t.tokenShift >= 0 {
 		tokens = now>>t.tokenShift - prev>>t.tokenShift
-	case interval > uint32(t.maxTokens):
+	} else if interval > uint32(t.maxTokens) {
 		tokens = uint32(t.maxTokens)
-	default:
+	} else {
 		tokens = interval << -t.tokenShift
 	}
 	r.tokens = uint16(min(uint32(r.tokens)+tokens, uint32(t.maxTokens)))
@@ -272,12 +274,11 @@ func (t *clientTable) update(r *clientRecord, now uint32) {
 		rate = &r.timeoutRate
 	}
 	// A rough exponential moving average.
-	switch {
-	case *rate == invalidRate:
+	if *rate == invalidRate {
 		*rate = int8(-interval2)
-	case int(*rate) < -interval2:
+	} else if int(*rate) < -interval2 {
 		*rate++
-	case int(*rate) > -interval2:
+	} else if int(*rate) > -interval2 {
 		if int(*rate) > rateScale*5/2-interval2 {
 			*rate = int8(rateScale*5/2 - interval2)
 		} else {

@@ -185,3 +185,24 @@ func BenchmarkReplyPath(b *testing.B) {
 		stamp(buf, h.dispersion(now), ntp.TimeFrom(now))
 	}
 }
+
+// With rate limiting, replies carry a poll raised to the limit's interval,
+// as chronyd's do; a client asking for more keeps its own.
+func TestPollRaised(t *testing.T) {
+	now := time.Now()
+	snap := syncedSnapshot(now.Add(-time.Second))
+	for _, tt := range []struct {
+		interval  int
+		poll, got int8
+	}{{3, 0, 3}, {3, 6, 6}, {-2, -6, -2}, {minPoll, -30, minPoll}} {
+		h := replyTemplate{pollRaise: int8(tt.interval - minPoll)}
+		h.prepare(snap, now)
+		req := packet(4, ntp.ModeClient)
+		req[2] = byte(tt.poll)
+		buf := bytes.Clone(req)
+		h.build(buf, ntp.ModeClient, ntp.TimeFrom(now))
+		if got := int8(buf[2]); got != tt.got {
+			t.Errorf("limit interval %d, request poll %d: reply poll %d, want %d", tt.interval, tt.poll, got, tt.got)
+		}
+	}
+}

@@ -37,9 +37,83 @@ func TestSendCosts(t *testing.T) {
 	c.observe(0, time.Second)
 	c.observe(largeChunk+1, time.Second)
 	c.observe(3, -time.Second)
+	c.observe(3, 0)
 	if got := c.perMessage(3); got != initialCost {
 		t.Errorf("invalid observations were kept: %v", got)
 	}
+	// The largest chunk is measured too.
+	c.observe(largeChunk, 17*time.Microsecond)
+	if got := c.perMessage(largeChunk); got != time.Microsecond {
+		t.Errorf("spacing in calls of %d: %v, want 17µs/17", largeChunk, got)
+	}
+}
+
+func TestParseStamping(t *testing.T) {
+	for _, s := range []Stamping{StampAuto, StampDevice, StampSyscall} {
+		if got, err := ParseStamping(s.String()); err != nil || got != s {
+			t.Errorf("ParseStamping(%q) = %v, %v", s, got, err)
+		}
+	}
+	if _, err := ParseStamping("kernel"); err == nil {
+		t.Error("ParseStamping accepted kernel")
+	}
+	if got := Stamping(7).String(); got != "Stamping(7)" {
+		t.Errorf("an unknown Stamping prints as %q", got)
+	}
+}
+
+func TestCounterString(t *testing.T) {
+	if got := DroppedShort.String(); got != "dropped_short" {
+		t.Errorf("DroppedShort = %q", got)
+	}
+	if got := NumCounters.String(); got != "unknown" {
+		t.Errorf("a counter past the table = %q", got)
+	}
+}
+
+// Each reply is stamped with its predicted departure: its chunk's clock
+// reading plus its place times the predicted spacing, after the reading
+// and before the reply is handed to the kernel plus that spacing; each
+// chunk's call is measured under its own size.
+func TestSendRepliesSpacing(t *testing.T) {
+	conn := &timedConn{}
+	w := newWorker(conn, Config{BatchSize: 64, Source: newStaticSource(freshSnapshot()), Logger: nopLogger})
+	w.template.prepare(freshSnapshot(), time.Now())
+	// A predicted 0.8 ms between the messages of a call of 4.
+	w.sendCosts.observe(smallChunk, 4*time.Millisecond)
+	for i := range w.msgs[:8] {
+		w.msgs[i].N = ntp.HeaderSize
+		w.msgs[i].Peer = netip.MustParseAddrPort("192.0.2.1:123")
+	}
+	if sent, err := w.sendReplies(8); err != nil || sent != 8 {
+		t.Fatalf("sent %d, %v", sent, err)
+	}
+	spacing := 800 * time.Microsecond
+	for call, stamps := range conn.calls {
+		for j, s := range stamps {
+			// Stamped at least one spacing after the clock reading, which
+			// precedes the call, and by more than the stamping took.
+			at := s.Time(conn.at[call])
+			if d := at.Sub(conn.at[call]); d < time.Duration(j)*spacing || d > time.Duration(j+1)*spacing {
+				t.Errorf("call %d, reply %d: stamped %v after the call began, want between %v and %v", call, j, d, time.Duration(j)*spacing, time.Duration(j+1)*spacing)
+			}
+		}
+	}
+	if n := w.sendCosts.bySize[smallChunk].n; n != 3 {
+		t.Errorf("%d calls of %d measured, want 3 (one before, two now)", n, smallChunk)
+	}
+}
+
+// timedConn records the transmit timestamps of each WriteBatch call, and
+// when it was made.
+type timedConn struct {
+	recordingConn
+	at []time.Time
+}
+
+func (c *timedConn) WriteBatch(msgs []batch.Message) (int, error) {
+	c.at = append(c.at, time.Now())
+	return c.recordingConn.WriteBatch(msgs)
 }
 
 // recordingConn records the transmit timestamps of each WriteBatch call.

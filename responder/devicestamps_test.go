@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sys/unix"
 
+	"github.com/fastntp/fastntp/batch"
 	"github.com/fastntp/fastntp/internal/chronytest"
 	"github.com/fastntp/fastntp/internal/ntp"
 	"github.com/fastntp/fastntp/responder/egress"
@@ -272,3 +273,21 @@ func TestStamperRefusalLogged(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// The replies the stamp check expects stamped are those sent, kiss-o'-death
+// included: the program stamps every mode-4 reply.
+func TestSent(t *testing.T) {
+	w := newWorker(noDropsConn{}, Config{BatchSize: 8, Source: newStaticSource(freshSnapshot()), Logger: nopLogger})
+	w.counters.counts[Replied].Add(5)
+	w.counters.counts[KoDSent].Add(3)
+	w.counters.counts[DroppedRateLimited].Add(7)
+	s := &Server{workers: []*worker{w}}
+	if got := s.sent(); got != 8 {
+		t.Errorf("sent() = %d, want 8", got)
+	}
+}
+
+// noDropsConn is a socket that reports no kernel drops, and nothing else.
+type noDropsConn struct{ batch.Conn }
+
+func (noDropsConn) Dropped() uint64 { return 0 }

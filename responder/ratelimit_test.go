@@ -176,6 +176,15 @@ func TestRateLimitValidate(t *testing.T) {
 	if err := DefaultRateLimit().Validate(); err != nil {
 		t.Errorf("chronyd's defaults: %v", err)
 	}
+	// The bounds themselves are allowed.
+	for _, cfg := range []RateLimit{
+		{Interval: MinRateLimitInterval, Burst: 1, Leak: 1, Memory: minClientMemory},
+		{Interval: MaxRateLimitInterval, Burst: maxRateLimitBurst, Leak: maxLeak, KoD: maxLeak, Memory: maxClientMemory},
+	} {
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("%+v: %v", cfg, err)
+		}
+	}
 	// Every interval chronyd accepts gives a bucket that fits in 16 bits.
 	for interval := MinRateLimitInterval; interval <= MaxRateLimitInterval; interval++ {
 		for _, burst := range []int{1, 8, 255} {
@@ -300,6 +309,32 @@ func TestTokens(t *testing.T) {
 		table.update(&r, r.lastHit+tt.after)
 		if r.tokens != tt.want {
 			t.Errorf("interval %d burst %d, %d/16 s later: %d tokens, want %d", tt.interval, tt.burst, tt.after, r.tokens, tt.want)
+		}
+	}
+}
+
+// A rate already at the estimate of the latest interval stays there; one
+// above it moves halfway down, one far above it to 10 (2.5 doublings)
+// above; one below moves up by one.
+func TestRateMoves(t *testing.T) {
+	var table clientTable
+	table.setBucket(3, 8)
+	for _, tt := range []struct {
+		rate  int8
+		after uint32 // 1/16 s
+		want  int8
+	}{
+		{0, 16, 0}, // 1 s: estimate 0
+		{4, 8, 4},  // 1/2 s: estimate 4
+		{5, 8, 4},  // (5+4-1)/2
+		{20, 8, 14},
+		{3, 8, 4},
+		{15, 0, 16}, // the same instant: estimate 20
+	} {
+		r := clientRecord{lastHit: 1000 << tsFrac, rate: tt.rate, timeoutRate: invalidRate}
+		table.update(&r, r.lastHit+tt.after)
+		if r.rate != tt.want {
+			t.Errorf("rate %d, %d/16 s later: %d, want %d", tt.rate, tt.after, r.rate, tt.want)
 		}
 	}
 }

@@ -42,9 +42,9 @@ func TestSendCosts(t *testing.T) {
 		t.Errorf("invalid observations were kept: %v", got)
 	}
 	// The largest chunk is measured too.
-	c.observe(largeChunk, 17*time.Microsecond)
-	if got := c.perMessage(largeChunk); got != time.Microsecond {
-		t.Errorf("spacing in calls of %d: %v, want 17µs/17", largeChunk, got)
+	c.observe(largeChunk, 34*time.Microsecond)
+	if got := c.perMessage(largeChunk); got != 2*time.Microsecond {
+		t.Errorf("spacing in calls of %d: %v, want 34µs/17", largeChunk, got)
 	}
 }
 

@@ -78,4 +78,3 @@ func putSource(oob []byte, local netip.Addr, iface uint32) int {
 	binary.NativeEndian.PutUint32(data[16:], iface)
 	return unix.CmsgSpace(unix.SizeofInet6Pktinfo)
 }
-

@@ -15,10 +15,8 @@ var TimestampControlSize = controlSize
 // the reader before it reads: read it with ReceiveTime.
 func EnableTimestamps(raw syscall.RawConn) bool {
 	ok := false
-	if err := raw.Control(func(fd uintptr) { ok = enableTimestamps(int(fd)) }); err != nil {
-		return false
-	}
-	return ok
+	err := raw.Control(func(fd uintptr) { ok = enableTimestamps(int(fd)) })
+	return err == nil && ok
 }
 
 // ReceiveTime returns the kernel's receive timestamp in the control data of

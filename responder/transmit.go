@@ -204,18 +204,18 @@ func (w *worker) sendReplies(count int) (int, error) {
 
 // sendStampedAtDevice sends the replies in one call, for the eBPF program
 // rewrites each transmit timestamp as the reply reaches the device. The
-// stamp written here, read just before the call, is what a reply keeps
-// where the program leaves it alone: when it leaves through a device
-// without the program (one so new that the program has not reached it yet,
-// or one that refused it), and when the program's clock disagrees with this
-// reading by more than egress.Guard (the kernel's TAI offset changed).
+// stamp written here, the time the batch was read, microseconds before
+// the call, is what a reply keeps where the program leaves it alone: when
+// it leaves through a device without the program (one so new that the
+// program has not reached it yet, or one that refused it), and when the
+// program's clock disagrees with it by more than egress.Guard (the
+// kernel's TAI offset changed). It needs no clock reading of its own.
 func (w *worker) sendStampedAtDevice(count int) (int, error) {
 	if count == 0 {
 		return 0, nil
 	}
-	now := time.Now()
-	dispersion := w.template.dispersion(now)
-	transmit := ntp.TimeFrom(now)
+	dispersion := w.template.dispersion(w.batchStart)
+	transmit := ntp.TimeFrom(w.batchStart)
 	for i := range count {
 		stamp(w.msgs[i].Buffer, dispersion, transmit)
 	}

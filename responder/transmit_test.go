@@ -173,3 +173,32 @@ func TestSendRepliesChunks(t *testing.T) {
 		}
 	}
 }
+
+// Stamped at the device, a batch goes out in one call, each reply stamped
+// with the time the batch was read (what it keeps where the program leaves
+// it alone); an empty batch makes no call.
+func TestSendStampedAtDevice(t *testing.T) {
+	conn := &recordingConn{}
+	w := newWorker(conn, Config{BatchSize: 64, Source: newStaticSource(freshSnapshot()), Logger: nopLogger})
+	w.deviceStamps.Store(true)
+	w.batchStart = time.Now().Add(-time.Millisecond)
+	w.template.prepare(freshSnapshot(), w.batchStart)
+	if sent, err := w.sendReplies(0); sent != 0 || err != nil || len(conn.calls) != 0 {
+		t.Fatalf("no replies: sent %d, %v, %d calls", sent, err, len(conn.calls))
+	}
+	for i := range w.msgs[:40] {
+		w.msgs[i].N = ntp.HeaderSize
+		w.msgs[i].Peer = netip.MustParseAddrPort("192.0.2.1:123")
+	}
+	if sent, err := w.sendReplies(40); sent != 40 || err != nil {
+		t.Fatalf("sent %d, %v", sent, err)
+	}
+	if len(conn.calls) != 1 || len(conn.calls[0]) != 40 {
+		t.Fatalf("calls of %d replies, want one of 40", len(conn.calls))
+	}
+	for i, s := range conn.calls[0] {
+		if s != ntp.TimeFrom(w.batchStart) {
+			t.Fatalf("reply %d stamped %v, want the batch's read time %v", i, s.Time(w.batchStart), w.batchStart)
+		}
+	}
+}

@@ -79,7 +79,8 @@ func (v stampVerdict) cause(refused []string) string {
 		parts = append(parts, part{v.notSeen, text})
 	}
 	if v.unsure > 0 {
-		parts = append(parts, part{v.unsure, "the program's clock disagreed with the stamps read before the send by more than " + egress.Guard.String() + ": the kernel's TAI offset changed"})
+		parts = append(parts, part{v.unsure, "the program's clock disagreed with the stamps read before the send by more than " +
+			egress.Guard.String() + ", and not by whole seconds (a changed TAI offset, which it corrects): the system clock was stepped, or the packets carry a trailer"})
 	}
 	if v.checksumFailed > 0 {
 		parts = append(parts, part{v.checksumFailed, "the kernel refused to adjust the UDP checksum"})
@@ -128,6 +129,7 @@ func (s *Server) watchDeviceStamps(ctx context.Context, every time.Duration) {
 		}
 		delta := egress.Counts{
 			Stamped:        cur.Stamped - prev.Stamped,
+			Corrected:      cur.Corrected - prev.Corrected,
 			Unsure:         cur.Unsure - prev.Unsure,
 			ChecksumFailed: cur.ChecksumFailed - prev.ChecksumFailed,
 		}

@@ -114,6 +114,7 @@ type collector struct {
 	device   *prometheus.Desc
 	// The device stamper's counts.
 	deviceStamped   *prometheus.Desc
+	deviceCorrected *prometheus.Desc
 	deviceUnstamped *prometheus.Desc
 }
 
@@ -144,9 +145,11 @@ func newCollector(srv *responder.Server, poller *upstream.Poller) *collector {
 	c.device = gauge("fastntp_transmit_stamps_at_device", "1 while an eBPF program stamps replies at the network devices, 0 while they are stamped before each send.")
 	c.deviceStamped = prometheus.NewDesc("fastntp_device_stamped_total",
 		"Replies the eBPF program stamped as they reached a network device (once per device a reply passes).", nil, nil)
+	c.deviceCorrected = prometheus.NewDesc("fastntp_device_corrected_total",
+		"Replies the eBPF program stamped with its reading less the whole seconds by which the kernel's TAI offset had changed since it was told (also in fastntp_device_stamped_total).", nil, nil)
 	c.deviceUnstamped = prometheus.NewDesc("fastntp_device_unstamped_total",
 		"Replies that reached the eBPF program and kept the stamp read before the send, by reason: clock (its clock disagreed with that stamp by more than "+
-			egress.Guard.String()+": the kernel's TAI offset had changed), checksum (the UDP checksum could not be adjusted).", []string{"reason"}, nil)
+			egress.Guard.String()+", and not by whole seconds), checksum (the UDP checksum could not be adjusted).", []string{"reason"}, nil)
 	return c
 }
 
@@ -187,7 +190,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		}
 	}
 	for _, d := range []*prometheus.Desc{c.dropped, c.synced, c.leap, c.stratum, c.offset, c.delay, c.age, c.readLag, c.rootDel, c.rootDisp, c.device,
-		c.deviceStamped, c.deviceUnstamped} {
+		c.deviceStamped, c.deviceCorrected, c.deviceUnstamped} {
 		ch <- d
 	}
 }
@@ -240,6 +243,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	if stamps, atDevice := c.srv.DeviceStamps(); atDevice {
 		gauge(c.device, 1)
 		ch <- prometheus.MustNewConstMetric(c.deviceStamped, prometheus.CounterValue, float64(stamps.Stamped))
+		ch <- prometheus.MustNewConstMetric(c.deviceCorrected, prometheus.CounterValue, float64(stamps.Corrected))
 		ch <- prometheus.MustNewConstMetric(c.deviceUnstamped, prometheus.CounterValue, float64(stamps.Unsure), "clock")
 		ch <- prometheus.MustNewConstMetric(c.deviceUnstamped, prometheus.CounterValue, float64(stamps.ChecksumFailed), "checksum")
 	} else {

@@ -347,6 +347,7 @@ func TestDeviceStampMetrics(t *testing.T) {
 	for _, want := range []string{
 		"fastntp_transmit_stamps_at_device 1\n",
 		fmt.Sprintf("fastntp_device_stamped_total %d\n", replies),
+		"fastntp_device_corrected_total 0\n",
 		`fastntp_device_unstamped_total{reason="clock"} 0` + "\n",
 		`fastntp_device_unstamped_total{reason="checksum"} 0` + "\n",
 	} {

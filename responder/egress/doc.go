@@ -16,8 +16,9 @@
 // The offset it holds can lag the kernel's for up to a quarter of a
 // second after chronyd or an operator changes it, and a change is a whole
 // number of seconds. So that such a lag never reaches a reply, the program
-// compares its reading with the stamp user space wrote before the send,
-// and leaves the reply alone when the two are further apart than Guard:
-// the reply then keeps user space's stamp, read microseconds earlier. Counts tells how many replies it stamped and how many it left
-// alone, and why.
+// compares its reading with the stamp user space wrote before the send:
+// further apart than Guard, by a whole number of seconds, it takes them
+// away (see MaxCorrection); by anything else, it leaves the reply alone,
+// with user space's stamp, read microseconds earlier. Counts tells how many
+// replies it stamped, corrected and left alone.
 package egress

@@ -270,7 +270,7 @@ func (s *Stamper) Counts() (Counts, error) {
 		return Counts{}, errors.New("egress: read counts: the stamper is closed")
 	}
 	var c Counts
-	for i, total := range []*uint64{&c.Stamped, &c.Unsure, &c.ChecksumFailed} {
+	for i, total := range []*uint64{&c.Stamped, &c.Corrected, &c.Unsure, &c.ChecksumFailed} {
 		var perCPU []uint64
 		if err := s.counts.Lookup(uint32(i), &perCPU); err != nil {
 			return Counts{}, fmt.Errorf("egress: read counts: %w", err)
@@ -556,8 +556,10 @@ const (
 	// to clients and to symmetric active peers.
 	ntpModeServer  = 4
 	ntpModePassive = 2
-	// guardUnits is Guard in the units of an NTP timestamp, 2^-32 s.
+	// guardUnits and slackUnits are Guard and CorrectionSlack in the
+	// units of an NTP timestamp, 2^-32 s.
 	guardUnits = int64(Guard) << 32 / int64(time.Second)
+	slackUnits = int64(CorrectionSlack) << 32 / int64(time.Second)
 
 	// tcxNext lets the packet go on to the next program, or out.
 	tcxNext = -1
@@ -570,6 +572,7 @@ const (
 // fields of Counts.
 const (
 	countStamped = iota
+	countCorrected
 	countUnsure
 	countChecksumFailed
 	numCounts
@@ -577,10 +580,11 @@ const (
 
 // Stack slots of the program, below the frame pointer R10.
 const (
-	slotKey    = -8  // map keys
-	slotHeader = -24 // UDP header and the first 8 bytes of the reply
-	slotOld    = -32 // the transmit timestamp user space wrote
-	slotNew    = -40 // the transmit timestamp the program writes
+	slotKey       = -8  // map keys
+	slotHeader    = -24 // UDP header and the first 8 bytes of the reply
+	slotOld       = -32 // the transmit timestamp user space wrote
+	slotNew       = -40 // the transmit timestamp the program writes
+	slotCorrected = -48 // 1 if the program corrected its reading
 )
 
 // program returns the classifier. In outline:
@@ -591,7 +595,10 @@ const (
 //	old := the transmit timestamp at len-8
 //	now := ktime_get_tai_ns() - offset
 //	new := (now/1e9 + 2208988800) << 32 | (now%1e9 << 32) / 1e9
-//	if |new - old| > Guard: count unsure; pass
+//	if |new - old| > Guard:
+//		k := new - old, rounded to whole seconds
+//		if |k| > MaxCorrection or |new - old - k| > CorrectionSlack: count unsure; pass
+//		new -= k; count corrected
 //	store new at len-8, adjust the UDP checksum by the difference
 //	if the checksum could not be adjusted: put old back; count failed; pass
 //	count stamped; pass
@@ -653,19 +660,42 @@ func program(sockets, offset, counts int) asm.Instructions {
 		asm.LSh.Imm(asm.R9, 32),
 		asm.Or.Reg(asm.R9, asm.R8),
 
-		// The guard: new - old + guard, as an unsigned number, exceeds
-		// twice the guard when |new - old| > guard.
+		// The guard. R2: new - old. Within the guard when new - old +
+		// guard, as an unsigned number, is at most twice the guard.
+		asm.StoreImm(asm.RFP, slotCorrected, 0, asm.Word),
 		asm.LoadMem(asm.R1, asm.RFP, slotOld, asm.DWord),
 		asm.HostTo(asm.BE, asm.R1, asm.DWord),
 		asm.Mov.Reg(asm.R2, asm.R9),
 		asm.Sub.Reg(asm.R2, asm.R1),
-		asm.LoadImm(asm.R3, guardUnits, asm.DWord),
-		asm.Add.Reg(asm.R2, asm.R3),
-		asm.LoadImm(asm.R3, 2*guardUnits, asm.DWord),
-		asm.JGT.Reg(asm.R2, asm.R3, "unsure"),
+		asm.Mov.Reg(asm.R3, asm.R2),
+		asm.LoadImm(asm.R4, guardUnits, asm.DWord),
+		asm.Add.Reg(asm.R3, asm.R4),
+		asm.LoadImm(asm.R4, 2*guardUnits, asm.DWord),
+		asm.JLE.Reg(asm.R3, asm.R4, "write"),
+
+		// Beyond it: R3, the difference rounded to whole seconds, must
+		// be at most MaxCorrection away, and R2, what is left, within
+		// CorrectionSlack.
+		asm.Mov.Reg(asm.R3, asm.R2),
+		asm.LoadImm(asm.R4, 1<<31, asm.DWord),
+		asm.Add.Reg(asm.R3, asm.R4),
+		asm.ArSh.Imm(asm.R3, 32),
+		asm.Mov.Reg(asm.R4, asm.R3),
+		asm.Add.Imm(asm.R4, MaxCorrection),
+		asm.JGT.Imm(asm.R4, 2*MaxCorrection, "unsure"),
+		asm.LSh.Imm(asm.R3, 32),
+		asm.Sub.Reg(asm.R2, asm.R3),
+		asm.LoadImm(asm.R4, slackUnits, asm.DWord),
+		asm.Add.Reg(asm.R2, asm.R4),
+		asm.LoadImm(asm.R4, 2*slackUnits, asm.DWord),
+		asm.JGT.Reg(asm.R2, asm.R4, "unsure"),
+		// The program's clock is that many whole seconds off: its TAI
+		// offset is stale. Taken away, the reading is right.
+		asm.Sub.Reg(asm.R9, asm.R3),
+		asm.StoreImm(asm.RFP, slotCorrected, 1, asm.Word),
 
 		// The new stamp, big-endian.
-		asm.HostTo(asm.BE, asm.R9, asm.DWord),
+		asm.HostTo(asm.BE, asm.R9, asm.DWord).WithSymbol("write"),
 		asm.StoreMem(asm.RFP, slotNew, asm.R9, asm.DWord),
 
 		// R8: the checksum difference.
@@ -692,14 +722,20 @@ func program(sockets, offset, counts int) asm.Instructions {
 		asm.FnL4CsumReplace.Call(),
 		asm.JNE.Imm(asm.R0, 0, "restore"),
 	)
-	insns = append(insns, count(counts, countStamped, "stamped")...)
+	// A corrected stamp is counted as such, and as stamped.
+	insns = append(insns,
+		asm.LoadMem(asm.R1, asm.RFP, slotCorrected, asm.Word),
+		asm.JEq.Imm(asm.R1, 0, "stamped"),
+	)
+	insns = append(insns, count(counts, countCorrected, "corrected", "stamped")...)
+	insns = append(insns, count(counts, countStamped, "stamped", "pass")...)
 	// A new stamp under the old checksum would make the client drop the
 	// reply: the old stamp goes back.
 	restore := packetBytes(asm.FnSkbStoreBytes, transmitFromEnd, slotOld, 8, "failed")
 	restore[0] = restore[0].WithSymbol("restore")
 	insns = append(insns, restore...)
-	insns = append(insns, count(counts, countChecksumFailed, "failed")...)
-	insns = append(insns, count(counts, countUnsure, "unsure")...)
+	insns = append(insns, count(counts, countChecksumFailed, "failed", "pass")...)
+	insns = append(insns, count(counts, countUnsure, "unsure", "pass")...)
 	insns = append(insns,
 		asm.Mov.Imm(asm.R0, tcxNext).WithSymbol("pass"),
 		asm.Return(),
@@ -708,14 +744,14 @@ func program(sockets, offset, counts int) asm.Instructions {
 }
 
 // count adds one to the count at index, in the CPU's slot of the count
-// map, and leaves the program. Its first instruction is labelled symbol.
-func count(counts int, index int32, symbol string) asm.Instructions {
+// map, and goes on at next. Its first instruction is labelled symbol.
+func count(counts int, index int32, symbol, next string) asm.Instructions {
 	insns := asm.Instructions{asm.StoreImm(asm.RFP, slotKey, int64(index), asm.Word).WithSymbol(symbol)}
 	insns = append(insns, mapLookup(counts)...)
 	return append(insns,
 		asm.Mov.Imm(asm.R1, 1),
 		asm.AddAtomic.Mem(asm.R0, asm.R1, asm.DWord, 0),
-		asm.Ja.Label("pass"),
+		asm.Ja.Label(next),
 	)
 }
 

@@ -202,12 +202,18 @@ type sentReply struct {
 // a socket registered with s in the server namespace to a client over IPv4.
 func replyThrough(t *testing.T, s *egress.Stamper, p pair) sentReply {
 	t.Helper()
+	return replyStamped(t, s, p, recent())
+}
+
+// replyStamped is replyThrough with the stamp user space writes given.
+func replyStamped(t *testing.T, s *egress.Stamper, p pair, stamp ntp.Time64) sentReply {
+	t.Helper()
 	server := listen(t, p.server, serverAddr4)
 	if err := s.Add(cookie(t, server)); err != nil {
 		t.Fatal(err)
 	}
 	client := receiver(t, p.client, clientAddr4)
-	r := sentReply{sent: recent()}
+	r := sentReply{sent: stamp}
 	if _, err := server.WriteToUDPAddrPort(packet(48, 4, r.sent), client.LocalAddr().(*net.UDPAddr).AddrPort()); err != nil {
 		t.Fatal(err)
 	}
@@ -301,6 +307,7 @@ func TestStamp(t *testing.T) {
 	const (
 		none = iota
 		stamped
+		corrected // by whole seconds: the seconds are user space's, the fraction the program's
 		unsure
 	)
 	tests := []struct {
@@ -323,8 +330,10 @@ func TestStamp(t *testing.T) {
 		{"unregistered socket IPv6", 6, false, 48, 4, recent, none},
 		{"stamp just inside the guard", 4, true, 48, 4, stampFromNow(-egress.Guard + 50*time.Millisecond), stamped},
 		{"stamp just outside the guard", 4, true, 48, 4, stampFromNow(-egress.Guard - time.Millisecond), unsure},
-		{"stamp 2 s behind the program's clock", 4, true, 48, 4, stampFromNow(-2 * time.Second), unsure},
-		{"stamp 1 s ahead of the program's clock", 6, true, 48, 4, stampFromNow(time.Second), unsure},
+		{"stamp 2 s behind the program's clock", 4, true, 48, 4, stampFromNow(-2 * time.Second), corrected},
+		{"stamp 1 s ahead of the program's clock", 6, true, 48, 4, stampFromNow(time.Second), corrected},
+		{"stamp 1.5 s behind", 4, true, 48, 4, stampFromNow(-1500 * time.Millisecond), unsure},
+		{"stamp more than the largest correction behind", 4, true, 48, 4, stampFromNow(-(egress.MaxCorrection + 1) * time.Second), unsure},
 		// The last 8 bytes of a packet with a trailer (ESP's) are no stamp.
 		{"no stamp where a stamp should be", 4, true, 48, 4, func() ntp.Time64 { return 0x0123456789abcdef }, unsure},
 	}
@@ -352,7 +361,7 @@ func TestStamp(t *testing.T) {
 				if len(got) != len(sent) {
 					t.Fatalf("received %d bytes, sent %d", len(got), len(sent))
 				}
-				if tt.counted != stamped {
+				if tt.counted == none || tt.counted == unsure {
 					if string(got) != string(sent) {
 						t.Fatalf("datagram changed:\n got % x\nwant % x", got, sent)
 					}
@@ -360,6 +369,14 @@ func TestStamp(t *testing.T) {
 				}
 				if string(got[:40]) != string(sent[:40]) {
 					t.Fatalf("bytes before the transmit timestamp changed:\n got % x\nwant % x", got[:40], sent[:40])
+				}
+				if tt.counted == corrected {
+					// User space's seconds, the program's fraction: the stamp
+					// follows user space's by the microseconds in between.
+					if d := transmitOf(got).Time(arrived).Sub(transmitOf(sent).Time(arrived)); d < 0 || d > 5*time.Millisecond {
+						t.Fatalf("corrected stamp %v after the one written", d)
+					}
+					continue
 				}
 				// The program reads the clock before the device hands the
 				// packet on, and the client's kernel stamps it after: the
@@ -370,6 +387,9 @@ func TestStamp(t *testing.T) {
 			switch tt.counted {
 			case stamped:
 				want.Stamped += n
+			case corrected:
+				want.Stamped += n
+				want.Corrected += n
 			case unsure:
 				want.Unsure += n
 			}
@@ -382,9 +402,10 @@ func TestStamp(t *testing.T) {
 
 // TestStaleOffset tells the program a TAI offset other than the kernel's,
 // as happens between a change of the kernel's and the next time Run reads
-// it, and checks that no reply gets a stamp from it: each keeps the stamp
-// user space wrote and is counted as unsure. Told the kernel's offset
-// again, the program stamps.
+// it, and checks that no reply gets a stamp from it: off by a whole number
+// of seconds, up to MaxCorrection, from the stamp user space wrote, the
+// program's reading is corrected by them and is right to the microsecond;
+// further off, the reply keeps user space's stamp.
 func TestStaleOffset(t *testing.T) {
 	chronytest.KeepTAI(t)
 	p := newPair(t)
@@ -394,18 +415,34 @@ func TestStaleOffset(t *testing.T) {
 		t.Fatal(err)
 	}
 	kernel := time.Duration(tx.Tai) * time.Second
-	for _, off := range []time.Duration{37 * time.Second, -37 * time.Second, time.Second, -time.Second} {
-		t.Run(strconv.Itoa(int(off/time.Second))+"s", func(t *testing.T) {
-			if err := egress.SetOffsetSource(s, func() (int64, error) { return int64(kernel + off), nil }); err != nil {
+	for _, tt := range []struct {
+		off       time.Duration
+		corrected bool
+	}{
+		{37 * time.Second, true}, {-37 * time.Second, true}, {time.Second, true}, {-time.Second, true},
+		{egress.MaxCorrection * time.Second, true},
+		{(egress.MaxCorrection + 1) * time.Second, false},
+	} {
+		t.Run(strconv.Itoa(int(tt.off/time.Second))+"s", func(t *testing.T) {
+			if err := egress.SetOffsetSource(s, func() (int64, error) { return int64(kernel + tt.off), nil }); err != nil {
 				t.Fatal(err)
 			}
 			before := counts(t, s)
-			r := replyThrough(t, s, p)
-			if transmitOf(r.got) != r.sent {
-				t.Errorf("stamp %v replaced with %v, from an offset %v off", r.sent.Time(r.arrived), transmitOf(r.got).Time(r.arrived), off)
+			// Written just before the send, as a worker writes it.
+			r := replyStamped(t, s, p, ntp.TimeFrom(time.Now()))
+			want := before
+			if tt.corrected {
+				checkStamped(t, r)
+				want.Stamped++
+				want.Corrected++
+			} else {
+				if transmitOf(r.got) != r.sent {
+					t.Errorf("stamp %v replaced with %v, from an offset %v off", r.sent.Time(r.arrived), transmitOf(r.got).Time(r.arrived), tt.off)
+				}
+				want.Unsure++
 			}
-			if c := counts(t, s); c.Unsure != before.Unsure+1 || c.Stamped != before.Stamped {
-				t.Errorf("counts went from %+v to %+v, want one more unsure", before, c)
+			if c := counts(t, s); c != want {
+				t.Errorf("counts went from %+v to %+v, want %+v", before, c, want)
 			}
 		})
 	}

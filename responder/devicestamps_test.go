@@ -7,9 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/link"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sys/unix"
@@ -163,37 +160,6 @@ func TestTAIOffsetChange(t *testing.T) {
 	}
 }
 
-// passAhead puts a program that ends the chain (TCX_PASS) ahead of every
-// other on device's egress in namespace ns, until the returned function
-// takes it away.
-func passAhead(t *testing.T, ns, device string) (remove func()) {
-	t.Helper()
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type:         ebpf.SchedCLS,
-		AttachType:   ebpf.AttachTCXEgress,
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
-		License:      "MIT",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { prog.Close() })
-	var l link.Link
-	err = chronytest.InNamespace(ns, func() error {
-		ifc, err := net.InterfaceByName(device)
-		if err != nil {
-			return err
-		}
-		l, err = link.AttachTCX(link.TCXOptions{Interface: ifc.Index, Program: prog, Attach: ebpf.AttachTCXEgress, Anchor: link.Head()})
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	return func() { l.Close() }
-}
-
 // TestStampCheck puts a program that ends the chain ahead of fastntp's, and
 // checks that the server warns, once, that replies are not stamped at the
 // device and why, and says so when they are again.
@@ -212,7 +178,10 @@ func TestStampCheck(t *testing.T) {
 	if n := logs.FilterMessageSnippet(warning).Len(); n != 0 {
 		t.Fatalf("warned %d times while every reply was stamped", n)
 	}
-	remove := passAhead(t, ns, "lo")
+	remove, err := chronytest.OtherProgram(t, ns, "lo", chronytest.TCXPass, true)
+	if err != nil {
+		t.Fatal(err)
+	}
 	pollFor(1500 * time.Millisecond)
 	warnings := logs.FilterMessageSnippet(warning).All()
 	if len(warnings) != 1 {
@@ -236,34 +205,7 @@ func TestStamperRefusalLogged(t *testing.T) {
 	if out, err := chronytest.Command(ns, "ip", "link", "add", "full0", "type", "veth", "peer", "name", "full1").CombinedOutput(); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
-	for i := 0; ; i++ {
-		if i == 100 {
-			t.Fatal("full0 took 100 programs")
-		}
-		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-			Type:         ebpf.SchedCLS,
-			AttachType:   ebpf.AttachTCXEgress,
-			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()},
-			License:      "MIT",
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { prog.Close() })
-		var l link.Link
-		err = chronytest.InNamespace(ns, func() error {
-			ifc, err := net.InterfaceByName("full0")
-			if err != nil {
-				return err
-			}
-			l, err = link.AttachTCX(link.TCXOptions{Interface: ifc.Index, Program: prog, Attach: ebpf.AttachTCXEgress})
-			return err
-		})
-		if err != nil {
-			break
-		}
-		t.Cleanup(func() { l.Close() })
-	}
+	chronytest.FillEgress(t, ns, "full0")
 	_, _, logs := observedServer(t, ns, Config{})
 	deadline := time.Now().Add(2 * time.Second)
 	for logs.FilterMessageSnippet("it refused the stamper").FilterField(zap.String("device", "full0")).Len() == 0 {

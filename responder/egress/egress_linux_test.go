@@ -15,8 +15,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/fastntp/fastntp/internal/chronytest"
@@ -604,41 +602,6 @@ func kernelArrival(t *testing.T, oob []byte) time.Time {
 	return time.Time{}
 }
 
-// passProgram returns a TCX program that ends the chain and lets every
-// packet out (TCX_PASS), as a firewall or an agent's program may.
-func passProgram(t *testing.T) *ebpf.Program {
-	t.Helper()
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type:         ebpf.SchedCLS,
-		AttachType:   ebpf.AttachTCXEgress,
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
-		License:      "MIT",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { prog.Close() })
-	return prog
-}
-
-// attachOther attaches prog to the egress of device in namespace ns, at
-// the anchor.
-func attachOther(t *testing.T, ns, device string, prog *ebpf.Program, anchor link.Anchor) error {
-	t.Helper()
-	return chronytest.InNamespace(ns, func() error {
-		ifc, err := net.InterfaceByName(device)
-		if err != nil {
-			return err
-		}
-		l, err := link.AttachTCX(link.TCXOptions{Interface: ifc.Index, Program: prog, Attach: ebpf.AttachTCXEgress, Anchor: anchor})
-		if err != nil {
-			return err
-		}
-		t.Cleanup(func() { l.Close() })
-		return nil
-	})
-}
-
 // TestOtherProgram checks that a program that ends the chain, attached
 // before fastntp started (as agents that append theirs do), does not keep
 // replies from being stamped; and that one put ahead of fastntp's later
@@ -646,7 +609,7 @@ func attachOther(t *testing.T, ns, device string, prog *ebpf.Program, anchor lin
 func TestOtherProgram(t *testing.T) {
 	chronytest.KeepTAI(t)
 	p := newPair(t)
-	if err := attachOther(t, p.server, "stamp0", passProgram(t), nil); err != nil {
+	if _, err := chronytest.OtherProgram(t, p.server, "stamp0", chronytest.TCXPass, false); err != nil {
 		t.Fatal(err)
 	}
 	s := attach(t, p.server)
@@ -656,7 +619,7 @@ func TestOtherProgram(t *testing.T) {
 		t.Errorf("counts went from %+v to %+v, want one more stamped", before, c)
 	}
 
-	if err := attachOther(t, p.server, "stamp0", passProgram(t), link.Head()); err != nil {
+	if _, err := chronytest.OtherProgram(t, p.server, "stamp0", chronytest.TCXPass, true); err != nil {
 		t.Fatal(err)
 	}
 	before = counts(t, s)
@@ -673,16 +636,7 @@ func TestOtherProgram(t *testing.T) {
 // the one that refused.
 func TestRefusedAtAttach(t *testing.T) {
 	p := newPair(t)
-	full := false
-	for range 100 {
-		if err := attachOther(t, p.server, "stamp0", passProgram(t), nil); err != nil {
-			full = true
-			break
-		}
-	}
-	if !full {
-		t.Fatal("stamp0 took 100 programs")
-	}
+	chronytest.FillEgress(t, p.server, "stamp0")
 	s := attach(t, p.server)
 	if got := s.Devices(); !slices.Equal(got, []string{"lo"}) {
 		t.Errorf("attached to %v, want lo alone", got)

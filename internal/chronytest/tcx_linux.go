@@ -1,0 +1,66 @@
+package chronytest
+
+import (
+	"net"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+)
+
+// TCX return codes of the programs OtherProgram attaches.
+const (
+	TCXPass = 0  // ends the chain: programs after it do not run
+	TCXNext = -1 // lets the next program run
+)
+
+// OtherProgram attaches a program of someone else's to the egress (TCX) of
+// device in namespace ns, one that returns code for every packet: at the
+// head of the device's chain if head, else at its tail, as agents that
+// append theirs do. It returns a function that detaches the program, which
+// is detached when the test ends in any case, or the error of a device that
+// refuses it.
+func OtherProgram(t testing.TB, ns, device string, code int32, head bool) (detach func(), err error) {
+	t.Helper()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.SchedCLS,
+		AttachType:   ebpf.AttachTCXEgress,
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, code), asm.Return()},
+		License:      "MIT",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { prog.Close() })
+	var anchor link.Anchor
+	if head {
+		anchor = link.Head()
+	}
+	var l link.Link
+	err = InNamespace(ns, func() error {
+		ifc, err := net.InterfaceByName(device)
+		if err != nil {
+			return err
+		}
+		l, err = link.AttachTCX(link.TCXOptions{Interface: ifc.Index, Program: prog, Attach: ebpf.AttachTCXEgress, Anchor: anchor})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { l.Close() })
+	return func() { l.Close() }, nil
+}
+
+// FillEgress attaches programs that let every packet on (TCXNext) to the
+// egress of device in namespace ns until the device takes no more.
+func FillEgress(t testing.TB, ns, device string) {
+	t.Helper()
+	for range 100 {
+		if _, err := OtherProgram(t, ns, device, TCXNext, false); err != nil {
+			return
+		}
+	}
+	t.Fatalf("%s took 100 programs", device)
+}

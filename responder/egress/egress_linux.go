@@ -660,19 +660,16 @@ func program(sockets, offset, counts int) asm.Instructions {
 		asm.LSh.Imm(asm.R9, 32),
 		asm.Or.Reg(asm.R9, asm.R8),
 
-		// The guard. R2: new - old. Within the guard when new - old +
-		// guard, as an unsigned number, is at most twice the guard.
+		// The guard. R2: new - old.
 		asm.StoreImm(asm.RFP, slotCorrected, 0, asm.Word),
 		asm.LoadMem(asm.R1, asm.RFP, slotOld, asm.DWord),
 		asm.HostTo(asm.BE, asm.R1, asm.DWord),
 		asm.Mov.Reg(asm.R2, asm.R9),
 		asm.Sub.Reg(asm.R2, asm.R1),
 		asm.Mov.Reg(asm.R3, asm.R2),
-		asm.LoadImm(asm.R4, guardUnits, asm.DWord),
-		asm.Add.Reg(asm.R3, asm.R4),
-		asm.LoadImm(asm.R4, 2*guardUnits, asm.DWord),
-		asm.JLE.Reg(asm.R3, asm.R4, "write"),
-
+	)
+	insns = append(insns, jumpOnRange(asm.R3, guardUnits, asm.JLE, "write")...)
+	insns = append(insns,
 		// Beyond it: R3, the difference rounded to whole seconds, must
 		// be at most MaxCorrection away, and R2, what is left, within
 		// CorrectionSlack.
@@ -680,15 +677,15 @@ func program(sockets, offset, counts int) asm.Instructions {
 		asm.LoadImm(asm.R4, 1<<31, asm.DWord),
 		asm.Add.Reg(asm.R3, asm.R4),
 		asm.ArSh.Imm(asm.R3, 32),
-		asm.Mov.Reg(asm.R4, asm.R3),
-		asm.Add.Imm(asm.R4, MaxCorrection),
-		asm.JGT.Imm(asm.R4, 2*MaxCorrection, "unsure"),
+		asm.Mov.Reg(asm.R5, asm.R3),
+	)
+	insns = append(insns, jumpOnRange(asm.R5, MaxCorrection, asm.JGT, "unsure")...)
+	insns = append(insns,
 		asm.LSh.Imm(asm.R3, 32),
 		asm.Sub.Reg(asm.R2, asm.R3),
-		asm.LoadImm(asm.R4, slackUnits, asm.DWord),
-		asm.Add.Reg(asm.R2, asm.R4),
-		asm.LoadImm(asm.R4, 2*slackUnits, asm.DWord),
-		asm.JGT.Reg(asm.R2, asm.R4, "unsure"),
+	)
+	insns = append(insns, jumpOnRange(asm.R2, slackUnits, asm.JGT, "unsure")...)
+	insns = append(insns,
 		// The program's clock is that many whole seconds off: its TAI
 		// offset is stale. Taken away, the reading is right.
 		asm.Sub.Reg(asm.R9, asm.R3),
@@ -753,6 +750,20 @@ func count(counts int, index int32, symbol, next string) asm.Instructions {
 		asm.AddAtomic.Mem(asm.R0, asm.R1, asm.DWord, 0),
 		asm.Ja.Label(next),
 	)
+}
+
+// jumpOnRange compares the signed value in reg with the range -bound to
+// bound, and jumps to label if op says so of the comparison: JLE when the
+// value is within the range, JGT when it is beyond. One unsigned
+// comparison does: reg + bound is at most 2·bound exactly when reg is in
+// the range. It changes reg, and R4.
+func jumpOnRange(reg asm.Register, bound int64, op asm.JumpOp, label string) asm.Instructions {
+	return asm.Instructions{
+		asm.LoadImm(asm.R4, bound, asm.DWord),
+		asm.Add.Reg(reg, asm.R4),
+		asm.LoadImm(asm.R4, 2*bound, asm.DWord),
+		op.Reg(reg, asm.R4, label),
+	}
 }
 
 // mapLookup looks the key in the slotKey stack slot up in the map, leaves

@@ -23,6 +23,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/fastntp/fastntp/batch"
 	"github.com/fastntp/fastntp/bench"
 	"github.com/fastntp/fastntp/internal/chronytest"
@@ -718,8 +720,8 @@ func TestRootWarning(t *testing.T) {
 }
 
 // Under a flood that saturates fastntp, with sixteen busy threads on a
-// quarter of one core, the poller's answers are read late; that is no clock
-// error, and fastntp keeps serving as synchronized. A tight --max-offset
+// quarter of one core, the poller's answers are read late; that is no
+// clock error, and fastntp keeps serving as synchronized. A tight --max-offset
 // (50 µs: answers dated by the kernel's receive timestamps come back within
 // 20-30 µs here, answers dated by the read took up to 300 ms) makes a
 // misjudged delay show. The test checks its premise: requests were lost
@@ -742,6 +744,9 @@ func TestFloodKeepsSync(t *testing.T) {
 	target := targets[0]
 	defer target.Stop()
 	waitQuery(t, target.Addr, 5*time.Second, "synchronized", synchronized)
+	// The generator outruns fastntp however busy the machine: its threads
+	// take precedence over everything else on it while it floods.
+	favourThisProcess(t)
 	f, err := bench.NewFlooder(bench.FloodConfig{Target: target.Addr, Clients: 64})
 	if err != nil {
 		t.Fatal(err)
@@ -766,7 +771,7 @@ func TestFloodKeepsSync(t *testing.T) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	step, err := f.Run(ctx, 400000, 6*time.Second)
+	step, err := f.Run(ctx, 400000, 12*time.Second)
 	close(stop)
 	worstLag := <-lags
 	if err != nil {
@@ -783,6 +788,25 @@ func TestFloodKeepsSync(t *testing.T) {
 	if worstLag <= 50*time.Microsecond {
 		t.Errorf("premise: the poller read every answer within %v of its arrival, not later than --max-offset", worstLag)
 	}
+}
+
+// favourThisProcess gives every thread of the test process, and those they
+// start, the highest priority of the normal scheduler (nice -20) until the
+// test ends.
+func favourThisProcess(t *testing.T) {
+	t.Helper()
+	setNice := func(nice int) {
+		tasks, err := os.ReadDir("/proc/self/task")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, task := range tasks {
+			tid, _ := strconv.Atoi(task.Name())
+			unix.Setpriority(unix.PRIO_PROCESS, tid, nice) // a thread gone since is no matter
+		}
+	}
+	setNice(-20)
+	t.Cleanup(func() { setNice(0) })
 }
 
 // scrapeGauge returns the value of an unlabelled gauge at a metrics URL.

@@ -155,18 +155,25 @@ func TestCompare(t *testing.T) {
 		t.Fatalf("%d summaries", len(summaries))
 	}
 	// Per round, each target in turn: its ramp (one or two steps), then
-	// its two points.
+	// its two points; the second, a share of fastntp's peak, only if
+	// fastntp answered anything that round (a generator starved by a busy
+	// machine may have measured nothing).
 	rest := steps
 	for round := 1; round <= 2; round++ {
+		firstPeak := summaries[0].PeakPerRound[round-1]
+		points := 2
+		if firstPeak == 0 {
+			points = 1
+		}
 		for i, target := range []string{"fastntp", "chronyd"} {
 			ramp := 0
 			for ramp < len(rest) && rest[ramp].Point == "" {
 				ramp++
 			}
-			if ramp < 1 || ramp > 2 || len(rest) < ramp+2 {
+			if ramp < 1 || ramp > 2 || len(rest) < ramp+points {
 				t.Fatalf("round %d, %s: %d ramp steps, then %d steps", round, target, ramp, len(rest)-ramp)
 			}
-			for j, s := range rest[:ramp+2] {
+			for j, s := range rest[:ramp+points] {
 				if s.Target != target || s.Round != round {
 					t.Fatalf("round %d, %s: step %d is %s's of round %d", round, target, j, s.Target, s.Round)
 				}
@@ -174,13 +181,13 @@ func TestCompare(t *testing.T) {
 			if peak := summaries[i].PeakPerRound[round-1]; peak != maxResponse(rest[:ramp]) {
 				t.Errorf("round %d, %s: peak %v, ramp's highest response rate %v", round, target, peak, maxResponse(rest[:ramp]))
 			}
-			one, half := rest[ramp], rest[ramp+1]
-			firstPeak := summaries[0].PeakPerRound[round-1]
-			if one.Point != "1000" || one.Rate != 1000 || half.Point != "50%" || half.Rate != 0.5*firstPeak {
-				t.Errorf("round %d, %s: points %q at %v/s and %q at %v/s, want 1000 and 50%% of %v", round, target,
-					one.Point, one.Rate, half.Point, half.Rate, firstPeak)
+			if one := rest[ramp]; one.Point != "1000" || one.Rate != 1000 {
+				t.Errorf("round %d, %s: point %q at %v/s, want 1000", round, target, one.Point, one.Rate)
 			}
-			rest = rest[ramp+2:]
+			if half := rest[ramp+points-1]; points == 2 && (half.Point != "50%" || half.Rate != 0.5*firstPeak) {
+				t.Errorf("round %d, %s: point %q at %v/s, want 50%% of %v", round, target, half.Point, half.Rate, firstPeak)
+			}
+			rest = rest[ramp+points:]
 		}
 	}
 	if len(rest) != 0 {
@@ -191,7 +198,11 @@ func TestCompare(t *testing.T) {
 			len(s.Points) != 2 || s.Points[0].Point != "1000" || s.Points[1].Point != "50%" {
 			t.Errorf("%s: %+v", s.Target, s)
 		}
-		if want := s.PeakResponse / summaries[0].PeakResponse; s.Ratio != want && !(i == 0 && s.Ratio == 1) {
+		want := 0.0
+		if summaries[0].PeakResponse > 0 {
+			want = s.PeakResponse / summaries[0].PeakResponse
+		}
+		if s.Ratio != want && !(i == 0 && s.Ratio == 1) {
 			t.Errorf("%s: ratio %v, want %v", s.Target, s.Ratio, want)
 		}
 	}

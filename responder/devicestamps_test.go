@@ -167,11 +167,24 @@ func TestStampCheck(t *testing.T) {
 	chronytest.KeepTAI(t)
 	ns := chronytest.Namespace(t)
 	_, client, logs := observedServer(t, ns, Config{StampCheckInterval: 300 * time.Millisecond})
-	const warning = "fewer than 99% of the replies were stamped at the device"
-	// pollFor polls for d, hundreds of times per check interval.
+	const (
+		warning = "fewer than 99% of the replies were stamped at the device"
+		again   = "replies are stamped at the device again"
+	)
+	// pollFor polls for d, hundreds of times per check interval on any
+	// machine.
 	pollFor := func(d time.Duration) {
 		for end := time.Now().Add(d); time.Now().Before(end); {
 			poll(t, client)
+		}
+	}
+	// pollUntil polls until message is logged, for 10 s at most.
+	pollUntil := func(message string) {
+		for deadline := time.Now().Add(10 * time.Second); logs.FilterMessageSnippet(message).Len() == 0; {
+			if time.Now().After(deadline) {
+				t.Fatalf("%q not logged within 10 s", message)
+			}
+			pollFor(100 * time.Millisecond)
 		}
 	}
 	pollFor(time.Second)
@@ -182,17 +195,19 @@ func TestStampCheck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pollFor(1500 * time.Millisecond)
+	pollUntil(warning)
+	pollFor(time.Second) // three more intervals without stamps
 	warnings := logs.FilterMessageSnippet(warning).All()
 	if len(warnings) != 1 {
-		t.Fatalf("warned %d times over five intervals without stamps, want once", len(warnings))
+		t.Fatalf("warned %d times, want once", len(warnings))
 	}
 	if cause := warnings[0].ContextMap()["likely_cause"]; !strings.Contains(cause.(string), "never reached the program") {
 		t.Errorf("likely cause %q", cause)
 	}
 	remove()
+	pollUntil(again)
 	pollFor(time.Second)
-	if n := logs.FilterMessage("replies are stamped at the device again").Len(); n != 1 {
+	if n := logs.FilterMessage(again).Len(); n != 1 {
 		t.Errorf("said %d times that replies are stamped again, want once", n)
 	}
 }

@@ -720,18 +720,25 @@ func TestRootWarning(t *testing.T) {
 }
 
 // Under a flood that saturates fastntp, with sixteen busy threads on a
-// quarter of one core, the poller's answers are read late; that is no
-// clock error, and fastntp keeps serving as synchronized. A tight --max-offset
-// (50 µs: answers dated by the kernel's receive timestamps come back within
-// 20-30 µs here, answers dated by the read took up to 300 ms) makes a
-// misjudged delay show. The test checks its premise: requests were lost
-// (the server saturated), and the poller read an answer later than
-// --max-offset after it arrived.
+// quarter of one core, the poller's answers are read late, often by tens of
+// milliseconds; that is no clock error, and fastntp keeps serving as
+// synchronized. The bounds leave room for a slow machine: a round trip
+// through a loopback queue full of flood traffic took up to 0.3 ms here and
+// more on slower machines, so --max-offset is 1 ms (round trips up to 2 ms
+// prove the clocks together), and polls starved for up to 4 s (--max-age)
+// are tolerated, where a poller that fails under a flood shows within the
+// flood's 12 s. The test checks its premise: requests were lost (the server
+// saturated), and the poller read an answer later than a round trip may take
+// (2 ms), so that dated by the read it would have proved nothing.
+// TestStarvedPollerKeepsSync in upstream makes every answer late and so
+// catches a poller that dates answers by the read every time; here about a
+// quarter of the answers are read promptly, and the offset filter would use
+// those.
 func TestFloodKeepsSync(t *testing.T) {
 	chronytest.RequireRoot(t) // for the cgroup that limits fastntp's CPU
 	chronyd := chronytest.StartChronyd(t, chronytest.Options{})
 	spec, err := bench.ParseTargetSpec("fastntp=exec:" + strings.Join(onHost(binary, "-a", "127.0.0.1:{port}", "-6", "0", "-4", "16",
-		"-s", chronyd.Addr.String(), "--poll-interval", "200ms", "--max-offset", "50us", "--max-age", "2s", "--stats-interval", "0",
+		"-s", chronyd.Addr.String(), "--poll-interval", "200ms", "--max-offset", "1ms", "--max-age", "4s", "--stats-interval", "0",
 		"--metrics-address", "{metrics}"), " "))
 	if err != nil {
 		t.Fatal(err)
@@ -785,8 +792,8 @@ func TestFloodKeepsSync(t *testing.T) {
 	if step.Valid >= step.Sent {
 		t.Errorf("premise: every one of %d requests was answered; the flood did not saturate fastntp", step.Sent)
 	}
-	if worstLag <= 50*time.Microsecond {
-		t.Errorf("premise: the poller read every answer within %v of its arrival, not later than --max-offset", worstLag)
+	if worstLag <= 2*time.Millisecond {
+		t.Errorf("premise: the poller read every answer within %v of its arrival, no later than a round trip may take", worstLag)
 	}
 }
 

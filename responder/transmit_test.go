@@ -72,9 +72,10 @@ func TestCounterString(t *testing.T) {
 }
 
 // Each reply is stamped with its predicted departure: its chunk's clock
-// reading plus its place times the predicted spacing, after the reading
-// and before the reply is handed to the kernel plus that spacing; each
-// chunk's call is measured under its own size.
+// reading plus its place times the predicted spacing, the reading taken
+// after the previous call and before the reply is handed to the kernel; each
+// chunk's call is measured under its own size. How long the stamping took
+// does not matter: a busy machine may preempt the test anywhere.
 func TestSendRepliesSpacing(t *testing.T) {
 	conn := &timedConn{}
 	w := newWorker(conn, Config{BatchSize: 64, Source: newStaticSource(freshSnapshot()), Logger: nopLogger})
@@ -85,19 +86,25 @@ func TestSendRepliesSpacing(t *testing.T) {
 		w.msgs[i].N = ntp.HeaderSize
 		w.msgs[i].Peer = netip.MustParseAddrPort("192.0.2.1:123")
 	}
+	notBefore := time.Now()
 	if sent, err := w.sendReplies(8); err != nil || sent != 8 {
 		t.Fatalf("sent %d, %v", sent, err)
 	}
 	spacing := 800 * time.Microsecond
+	// NTP's 32-bit fraction and Go's nanoseconds round apart by a nanosecond.
+	const rounding = time.Microsecond
 	for call, stamps := range conn.calls {
+		reading := stamps[0].Time(notBefore).Add(-spacing)
+		if reading.Before(notBefore.Add(-rounding)) || reading.After(conn.entered[call].Add(rounding)) {
+			t.Errorf("call %d: its clock reading, %v, is not between %v and the call at %v",
+				call, reading.Format(time.StampMicro), notBefore.Format(time.StampMicro), conn.entered[call].Format(time.StampMicro))
+		}
 		for j, s := range stamps {
-			// Stamped at least one spacing after the clock reading, which
-			// precedes the call, and by more than the stamping took.
-			at := s.Time(conn.at[call])
-			if d := at.Sub(conn.at[call]); d < time.Duration(j)*spacing || d > time.Duration(j+1)*spacing {
-				t.Errorf("call %d, reply %d: stamped %v after the call began, want between %v and %v", call, j, d, time.Duration(j)*spacing, time.Duration(j+1)*spacing)
+			if d := s.Time(notBefore).Sub(reading) - time.Duration(j+1)*spacing; d.Abs() > rounding {
+				t.Errorf("call %d, reply %d: stamped %v after the reading, want %v", call, j, s.Time(notBefore).Sub(reading), time.Duration(j+1)*spacing)
 			}
 		}
+		notBefore = conn.left[call]
 	}
 	if n := w.sendCosts.bySize[smallChunk].n; n != 3 {
 		t.Errorf("%d calls of %d measured, want 3 (one before, two now)", n, smallChunk)
@@ -105,14 +112,15 @@ func TestSendRepliesSpacing(t *testing.T) {
 }
 
 // timedConn records the transmit timestamps of each WriteBatch call, and
-// when it was made.
+// when it was entered and left.
 type timedConn struct {
 	recordingConn
-	at []time.Time
+	entered, left []time.Time
 }
 
 func (c *timedConn) WriteBatch(msgs []batch.Message) (int, error) {
-	c.at = append(c.at, time.Now())
+	c.entered = append(c.entered, time.Now())
+	defer func() { c.left = append(c.left, time.Now()) }()
 	return c.recordingConn.WriteBatch(msgs)
 }
 

@@ -106,7 +106,9 @@ func TestEndToEnd(t *testing.T) {
 					t.Errorf("rate %.0f: sent %d valid %d invalid %d kod %d unsynced %d lost %.2f%%",
 						s.Rate, s.Sent, s.Valid, s.Invalid, s.KoD, s.Unsynced, s.LostPercent)
 				}
-				if s.ResponseTime.Min <= 0 || s.ResponseTime.Max > 50*time.Millisecond || s.TransmitError.P50 <= 0 {
+				// Bookkeeping, not speed: a busy machine may hold a reply
+				// for tens of milliseconds, a unit mixed up makes it hours.
+				if s.ResponseTime.Min <= 0 || s.ResponseTime.Max > time.Second || s.TransmitError.P50 <= 0 {
 					t.Errorf("rate %.0f: response time %+v, transmit error %+v", s.Rate, s.ResponseTime, s.TransmitError)
 				}
 			}

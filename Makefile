@@ -3,14 +3,16 @@
 #   make demo    build fastntp and watch a real client get the time from it
 #   make test    everything CI runs: deps, vet, race tests, allocation proofs, fuzzing
 #   make bench   the Go benchmarks (reply path, loopback throughput)
+#   make deb     the Debian packages, for amd64 and arm64, in dist/
 
 GO        ?= go
 BIN       := bin
-# The version every build is stamped with: the last v* tag and the commits
-# since, or the commit alone, as git describe puts it ("-dirty" for a tree
-# with changes). It does not depend on Go's VCS stamping, which
-# GOFLAGS=-buildvcs=false turns off.
-VERSION   ?= $(shell git describe --tags --always --dirty --match 'v[0-9]*' 2>/dev/null | sed 's/^v//' || echo unknown)
+# Every date in a package is the last commit's (reproducible builds).
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+# The version every build and package is stamped with, from the last v* tag
+# and the commits since (deploy/version explains the form). It does not
+# depend on Go's VCS stamping, which GOFLAGS=-buildvcs=false turns off.
+VERSION   ?= $(shell deploy/version)
 LDFLAGS   := -X main.version=$(VERSION)
 # Each fuzz target runs for a number of executions, about ten seconds'
 # worth here, rather than for a time: with a -fuzztime duration, Go 1.26's
@@ -38,7 +40,7 @@ TEST_DEPS := chrony ntpsec-ntpdig python3-ntplib iproute2 ethtool nftables prome
 # The demo needs chrony for its backend and its client (chronyd -Q).
 DEMO_DEPS := chrony
 
-.PHONY: all build demo test deps vet layering unit alerts fuzz mutants mutants-ci mutants-upstream mutants-responder mutants-batch bench bench-check clean
+.PHONY: all build deb deb-check demo test FORCE deps vet layering unit alerts fuzz mutants mutants-ci mutants-upstream mutants-responder mutants-batch bench bench-check clean
 
 all: build
 
@@ -110,13 +112,54 @@ mutants-responder:
 mutants-batch:
 	$(GREMLINS) --config .ci/gremlins/batch.yaml ./batch
 
-test: deps vet unit alerts fuzz mutants-ci
+test: deps vet unit alerts fuzz mutants-ci deb-check
+
+# deb-check builds the packages and proves them on this machine (as root):
+# lintian, then apt install, --version, the unit, the manual page, chronyd
+# reading the snippet, remove and purge leaving nothing behind.
+deb-check: deb
+	.ci/deb-check $(foreach arch,$(DEB_ARCHES),$(DIST)/fastntp_$(VERSION)_$(arch).deb)
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 300000x -count 5 ./responder
 
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) $(DIST)
+
+# deb builds fastntp_VERSION_ARCH.deb for each of DEB_ARCHES with nfpm, a
+# Go program (run at a fixed version, like gremlins) that needs no Debian
+# toolchain: static binaries, cross-built; the manual page, rendered from
+# the flags --help prints; the copyright file, with the licence of every
+# module linked in; a changelog naming the commit. Every date in the
+# package is the last commit's, so that a rebuild gives the same bytes.
+DIST       := dist
+DEB_ARCHES := amd64 arm64
+NFPM       := $(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
+STAGE      := $(DIST)/stage
+deb: $(addprefix deb-,$(DEB_ARCHES))
+
+# The architectures share the staging directory that
+# deploy/debian/nfpm.yaml names, and so are built one after the other.
+.NOTPARALLEL:
+
+# The manual page is the same for every architecture.
+$(DIST)/fastntp.8.gz: FORCE
+	mkdir -p $(DIST)
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(GO) test -count=1 -ldflags '$(LDFLAGS)' -run '^TestManPage$$' ./cmd/fastntp -args -man-page $(CURDIR)/$(DIST)/fastntp.8
+	gzip -9nf $(DIST)/fastntp.8
+
+deb-%: $(DIST)/fastntp.8.gz
+	rm -rf $(STAGE) && mkdir -p $(STAGE)
+	CGO_ENABLED=0 GOOS=linux GOARCH=$* $(GO) build -trimpath -ldflags '$(LDFLAGS) -s -w' -o $(STAGE)/ ./cmd/fastntp ./cmd/fastntp-bench
+	cp $(DIST)/fastntp.8.gz $(STAGE)/
+	GOOS=linux GOARCH=$* deploy/debian/copyright.sh ./cmd/fastntp ./cmd/fastntp-bench > $(STAGE)/copyright
+	printf 'fastntp (%s) unstable; urgency=medium\n\n  * Built from commit %s.\n\n -- %s  %s\n' \
+		'$(VERSION)' "$$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
+		"$$(sed -n 's/^maintainer: //p' deploy/debian/nfpm.yaml)" "$$(date -R -u -d @$(SOURCE_DATE_EPOCH))" \
+		| gzip -9n > $(STAGE)/changelog.gz
+	VERSION='$(VERSION)' DEB_ARCH=$* SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(NFPM) package --config deploy/debian/nfpm.yaml --packager deb --target $(DIST)/
+
+FORCE:
 
 # bench-check is CI's throughput and accuracy regression check: fastntp as
 # shipped, stamping at the device, against itself with rate limiting and

@@ -79,7 +79,7 @@ out=$(chronyd -Q -t 5 -f /dev/null "server ::1 port $port iburst maxsamples 1" 2
 printf '%s\n' "$out" | grep -v -e starting -e exiting || true
 if printf '%s\n' "$out" | grep -q 'System clock wrong by'; then
 	if [ "$(id -u)" = 0 ]; then
-		say "fastntp warned above that it runs as root: the demo starts it as you, root here. On a server it runs unprivileged, as deploy/fastntp.service runs it, or with -u USER."
+		say "fastntp warned above that it runs as root: the demo starts it as you, root here. On a server it runs unprivileged, as its systemd unit runs it, or with -u USER."
 	fi
 	if [ -n "$private" ]; then
 		say "The client accepted fastntp's time as synchronized. Done; stopping fastntp and the private chronyd."

@@ -16,7 +16,7 @@ import (
 // setpriv's form (+net_bind_service,...).
 func unitCapabilities(t *testing.T) string {
 	t.Helper()
-	unit, err := os.ReadFile("../../deploy/fastntp.service")
+	unit, err := os.ReadFile("../../deploy/debian/fastntp.service")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -157,7 +157,7 @@ func serve(ctx context.Context, o *options, logger *zap.Logger, hup <-chan os.Si
 	}
 	if os.Geteuid() == 0 {
 		logger.Warn("running as root: a flaw in fastntp would hand the attacker the machine; " +
-			"start it with -u USER (and -r DIR), or as a user with CAP_NET_BIND_SERVICE as deploy/fastntp.service does")
+			"start it with -u USER (and -r DIR), or as a user with CAP_NET_BIND_SERVICE as its systemd unit (fastntp.service) does")
 	}
 
 	ctx, cancel := context.WithCancel(ctx)

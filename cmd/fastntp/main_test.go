@@ -546,21 +546,31 @@ func TestDemo(t *testing.T) {
 	}
 }
 
-// The systemd unit leaves IPv6 optional, so that a host without it serves
-// IPv4 instead of restarting for ever, and starts after the network is up.
+// The systemd unit, with the package's default options, leaves IPv6
+// optional, so that a host without it serves IPv4 instead of restarting for
+// ever, and starts after the network is up.
 func TestSystemdUnit(t *testing.T) {
-	unit, err := os.ReadFile("../../deploy/fastntp.service")
+	unit, err := os.ReadFile("../../deploy/debian/fastntp.service")
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The options are the operator's, in the package's /etc/default/fastntp.
+	defaults, err := os.ReadFile("../../deploy/debian/default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^FASTNTP_OPTIONS="(.*)"$`).FindSubmatch(defaults)
+	if m == nil {
+		t.Fatal("deploy/debian/default sets no FASTNTP_OPTIONS")
+	}
 	var exec []string
-	for _, line := range strings.Split(string(unit), "\n") {
-		if rest, ok := strings.CutPrefix(line, "ExecStart="); ok {
-			exec = strings.Fields(rest)
+	for line := range strings.Lines(string(unit)) {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "ExecStart="); ok {
+			exec = strings.Fields(strings.ReplaceAll(rest, "$FASTNTP_OPTIONS", string(m[1])))
 		}
 	}
-	if len(exec) == 0 {
-		t.Fatal("no ExecStart")
+	if len(exec) == 0 || exec[0] != "/usr/sbin/fastntp" {
+		t.Fatalf("ExecStart %v: want /usr/sbin/fastntp, where the package installs it", exec)
 	}
 	o, err := parseFlags(exec[1:])
 	if err != nil {
@@ -569,8 +579,8 @@ func TestSystemdUnit(t *testing.T) {
 	if o.explicitIPv6 {
 		t.Errorf("ExecStart %v makes IPv6 required: a host without it would fail to start", exec)
 	}
-	for _, want := range []string{"Wants=network-online.target", "After=network-online.target", "Restart=on-failure", "kill -HUP",
-		"Type=notify", "WatchdogSec="} {
+	for _, want := range []string{"Wants=network-online.target", "After=network-online.target", "Restart=on-failure", "kill -HUP $MAINPID",
+		"Type=notify", "WatchdogSec=", "EnvironmentFile=-/etc/default/fastntp"} {
 		if !strings.Contains(string(unit), want) {
 			t.Errorf("unit lacks %q", want)
 		}
@@ -719,13 +729,17 @@ func TestPerSecond(t *testing.T) {
 }
 
 // TestVersionStamped builds fastntp as make build does, with Go's own VCS
-// stamping off, and checks that --version says what git describe says.
+// stamping off, and checks that --version says what deploy/version says.
 func TestVersionStamped(t *testing.T) {
 	chronytest.Require(t, "make")
-	git := chronytest.Require(t, "git")
-	describe, err := exec.Command(git, "describe", "--tags", "--always", "--dirty", "--match", "v[0-9]*").Output()
+	chronytest.Require(t, "git")
+	version, err := exec.Command("../../deploy/version").Output()
 	if err != nil {
-		t.Fatalf("git describe: %v", err)
+		t.Fatalf("deploy/version: %v", err)
+	}
+	// The same string names the Debian package's version.
+	if out, err := exec.Command("dpkg", "--validate-version", strings.TrimSpace(string(version))).CombinedOutput(); err != nil {
+		t.Errorf("deploy/version printed %q, not a Debian version: %s", version, out)
 	}
 	dir := t.TempDir()
 	build := exec.Command("make", "-s", "-C", "../..", "build", "BIN="+dir)
@@ -734,8 +748,7 @@ func TestVersionStamped(t *testing.T) {
 		t.Fatalf("make build: %v\n%s", err, out)
 	}
 	out, err := exec.Command(filepath.Join(dir, "fastntp"), "--version").Output()
-	want := "fastntp " + strings.TrimPrefix(strings.TrimSpace(string(describe)), "v") + "\n"
-	if err != nil || string(out) != want {
+	if want := "fastntp " + string(version); err != nil || string(out) != want {
 		t.Errorf("--version printed %q (%v), want %q", out, err, want)
 	}
 }

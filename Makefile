@@ -89,6 +89,7 @@ fuzz:
 # The alert rules an operator drops into Prometheus, against their tests.
 alerts:
 	promtool test rules deploy/fastntp-alerts_test.yml
+	promtool check config deploy/prometheus.yml
 
 # Mutation testing with gremlins: each package's tests must kill the
 # mutants (one operator changed at a time) it makes of the package's code.

@@ -34,10 +34,12 @@ rsntp's options keep their names, short forms and meanings.
 Installed from its Debian package, fastntp runs as the systemd service
 *fastntp.service*, with the options in */etc/default/fastntp*; the package's
 */etc/chrony/conf.d/fastntp.conf* moves chronyd to 127.0.0.1:11123, and
-*/usr/lib/sysctl.d/fastntp.conf* lets each socket have its 4 MiB receive buffer.
+*/usr/lib/sysctl.d/90-fastntp.conf* lets each socket have its 4 MiB receive
+buffer.
 
 SIGHUP logs the synchronization state and the counters. The exit status is 0
-after SIGINT or SIGTERM, and 1 on an error, which is logged.`
+after SIGINT or SIGTERM, 1 on an error, which is logged, and 2 for options it
+cannot take.`
 
 // manPage renders fastntp(8) from the flag set, as Markdown that md2man
 // turns into roff. Its date comes from SOURCE_DATE_EPOCH when set, so that

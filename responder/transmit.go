@@ -208,8 +208,9 @@ func (w *worker) sendReplies(count int) (int, error) {
 // the call, is what a reply keeps where the program leaves it alone: when
 // it leaves through a device without the program (one so new that the
 // program has not reached it yet, or one that refused it), and when the
-// program's clock disagrees with it by more than egress.Guard (the
-// kernel's TAI offset changed). It needs no clock reading of its own.
+// program's clock disagrees with it by more than egress.Guard and not by
+// whole seconds (which it corrects: a changed TAI offset). It needs no
+// clock reading of its own: one cost about 60 ns a call of 64 replies.
 func (w *worker) sendStampedAtDevice(count int) (int, error) {
 	if count == 0 {
 		return 0, nil

@@ -85,10 +85,14 @@ type Summary struct {
 type PointSummary struct {
 	Point string  `json:"point"`
 	Rate  float64 `json:"rate"` // requests per second asked for
-	// CPUPerResponse is the target's CPU time per reply, if known.
-	CPUPerResponse time.Duration `json:"cpu_per_response_ns,omitempty"`
-	TransmitError  ErrorStats    `json:"transmit_error"`
-	LostPercent    float64       `json:"lost_percent"`
+	// CPUPerResponse is the target's CPU time per reply, if known, and
+	// ServingCPUPerResponse everything its CPUs did per reply, of which
+	// ServingSoftirqPerResponse in softirq (see Step).
+	CPUPerResponse            time.Duration `json:"cpu_per_response_ns,omitempty"`
+	ServingCPUPerResponse     time.Duration `json:"serving_cpu_per_response_ns,omitempty"`
+	ServingSoftirqPerResponse time.Duration `json:"serving_softirq_per_response_ns,omitempty"`
+	TransmitError             ErrorStats    `json:"transmit_error"`
+	LostPercent               float64       `json:"lost_percent"`
 }
 
 // Compare measures every target in turn, Rounds times, and summarizes them.
@@ -193,6 +197,8 @@ func summarizePoint(p Point, steps []Step) PointSummary {
 	}
 	ps.Rate = pick(func(s Step) float64 { return s.Rate })
 	ps.CPUPerResponse = time.Duration(pick(func(s Step) float64 { return float64(s.CPUPerResponse) }))
+	ps.ServingCPUPerResponse = time.Duration(pick(func(s Step) float64 { return float64(s.ServingCPUPerResponse) }))
+	ps.ServingSoftirqPerResponse = time.Duration(pick(func(s Step) float64 { return float64(s.ServingSoftirqPerResponse) }))
 	ps.LostPercent = pick(func(s Step) float64 { return s.LostPercent })
 	d := func(f func(e ErrorStats) time.Duration) time.Duration {
 		return time.Duration(pick(func(s Step) float64 { return float64(f(s.TransmitError)) }))

@@ -19,8 +19,16 @@ import (
 	"github.com/fastntp/fastntp/upstream"
 )
 
-// startFastntp serves fastntp in-process, mirroring a real chronyd.
+// startFastntp serves fastntp in-process on 127.0.0.1, mirroring a real
+// chronyd.
 func startFastntp(t *testing.T, backend netip.AddrPort) netip.AddrPort {
+	t.Helper()
+	return startFastntpIn(t, "", netip.MustParseAddrPort("127.0.0.1:0"), backend)
+}
+
+// startFastntpIn serves fastntp in-process on address, in network namespace
+// ns (the test's own if empty), mirroring a real chronyd.
+func startFastntpIn(t *testing.T, ns string, address, backend netip.AddrPort) netip.AddrPort {
 	t.Helper()
 	// Its two workers each keep a P while blocked in recvmmsg; the
 	// generator in this process needs Ps of its own, as cmd/fastntp
@@ -33,19 +41,32 @@ func startFastntp(t *testing.T, backend netip.AddrPort) netip.AddrPort {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := responder.Listen(responder.Config{
-		Listeners:     []responder.Listener{{Address: netip.MustParseAddrPort("127.0.0.1:0"), Workers: 2}},
-		Source:        poller,
-		ReceiveBuffer: 4 << 20,
-		// Not at the device: the host's devices are not the test's.
-		TransmitStamps: responder.StampSyscall,
+	// Sockets stay in the namespace they were opened in: the listeners
+	// and the poller's open there, on a thread that entered it.
+	inNamespace := func(f func() error) error {
+		if ns == "" {
+			return f()
+		}
+		return chronytest.InNamespace(ns, f)
+	}
+	var srv *responder.Server
+	err = inNamespace(func() error {
+		var err error
+		srv, err = responder.Listen(responder.Config{
+			Listeners:     []responder.Listener{{Address: address, Workers: 2}},
+			Source:        poller,
+			ReceiveBuffer: 4 << 20,
+			// Not at the device: the host's devices are not the test's.
+			TransmitStamps: responder.StampSyscall,
+		})
+		return err
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{}, 2)
-	go func() { poller.Run(ctx); done <- struct{}{} }()
+	go func() { inNamespace(func() error { return poller.Run(ctx) }); done <- struct{}{} }()
 	go func() { srv.Serve(ctx); done <- struct{}{} }()
 	t.Cleanup(func() { cancel(); <-done; <-done })
 	for deadline := time.Now().Add(3 * time.Second); !poller.Load().Valid(time.Now()); time.Sleep(10 * time.Millisecond) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"runtime"
@@ -33,7 +34,8 @@ type FloodConfig struct {
 	// the clients are spread over when the target is on IPv4 loopback. If
 	// zero, 4.
 	SourceAddresses int
-	// BatchSize is the most requests one send call carries. If zero, 32.
+	// BatchSize is the most requests one send call carries. If zero, 32,
+	// or 256 for the raw generator.
 	BatchSize int
 	// Path is the clients' socket I/O. If zero, PathPortable: with many
 	// client sockets on few cores, Go's network poller collects the
@@ -47,19 +49,52 @@ type FloodConfig struct {
 	// TargetPID, if not zero, is the server's process, whose CPU time per
 	// reply each step reports.
 	TargetPID int
+	// ServingCPUs, if set, are the CPUs that serve the target: the CPUs it
+	// is pinned to, where its device's receive path is steered too. Each
+	// step then reports everything they did per reply, softirq included
+	// (see Step.ServingCPUPerResponse).
+	ServingCPUs []int
 	// ScrapeURL, if set, is fetched every ScrapeInterval for as long as the
 	// Flooder is open, as a Prometheus server would: the cost of being
 	// monitored then shows in the server's figures. Each step reports how
 	// many fetches succeeded.
 	ScrapeURL      string
 	ScrapeInterval time.Duration
+	// Raw, if its Interface is set, sends raw frames from a network of
+	// spoofed clients instead of sending through sockets: see RawConfig.
+	// Clients, SourceAddresses and Path are then unused.
+	Raw RawConfig
+}
+
+// RawConfig configures the raw-frame generator, which builds every request
+// frame itself, from Ethernet up, and sends it on a device through a
+// memory-mapped packet ring, as ntpperf does. It needs no socket per
+// client, so that one core offers far more requests, from as many client
+// addresses as a source network holds, and captures the replies with the
+// kernel's receive timestamps through a second ring.
+//
+// The device is the generator's end of a link to the server (one end of a
+// veth pair whose other end is in the server's network namespace, or a
+// port cabled to it). The server routes the source network back through
+// it; docs/benchmarking.md gives the commands that set up such a pair.
+type RawConfig struct {
+	// Interface is the device frames leave on and replies arrive on.
+	Interface string
+	// SourceNetwork is the clients' network, inside 198.18.0.0/15 or
+	// 2001:2::/48 (see CheckSourceNetwork). If zero, 198.18.0.0/16 for an
+	// IPv4 target and 2001:2::/112 for IPv6: 65,536 clients.
+	SourceNetwork netip.Prefix
+	// NextHop is the Ethernet address frames are sent to. If nil, the
+	// target's entry in the neighbour table of Interface, which the
+	// generator makes the kernel resolve if it has none.
+	NextHop net.HardwareAddr
 }
 
 // A Flooder sends paced requests to one server and accounts for every
 // reply. It is not safe for concurrent use; Close it when done.
 type Flooder struct {
 	cfg     FloodConfig
-	clients []*client
+	engine  engine
 	step    atomic.Uint32
 	wg      sync.WaitGroup
 	scrapes atomic.Uint64 // successful fetches of ScrapeURL
@@ -79,6 +114,31 @@ func requestID(step uint32, client int, seq uint64) uint64 {
 
 func splitID(id uint64) (step uint32, client int, seq uint64) {
 	return uint32(id >> (seqBits + clientBits)), int(id >> seqBits & (1<<clientBits - 1)), id & (1<<seqBits - 1)
+}
+
+// engine sends a Flooder's requests and accounts for the replies.
+type engine interface {
+	// clients returns how many clients the requests come from.
+	clients() int
+	// begin starts the accounting of a step of about n requests.
+	begin(step uint32, n int)
+	// send sends at most k of the step's requests. It returns how many it
+	// sent, and how many the local kernel refused; the rest it could not
+	// send yet.
+	send(step uint32, k int) (sent, refused int, err error)
+	// finish sends whatever the requests sent so far left waiting.
+	finish()
+	// end closes the step's accounting and returns its tally, with the
+	// replies the generator itself failed to capture.
+	end(step uint32) (tally accumulator, missed uint64)
+	close()
+}
+
+// socketEngine sends from client sockets, round-robin.
+type socketEngine struct {
+	cfg     FloodConfig
+	sockets []*client
+	next    int
 }
 
 // client is one socket with its receive loop.
@@ -122,6 +182,9 @@ func NewFlooder(cfg FloodConfig) (*Flooder, error) {
 	}
 	if cfg.BatchSize == 0 {
 		cfg.BatchSize = 32
+		if cfg.Raw.Interface != "" {
+			cfg.BatchSize = 256 // requests per flush of the ring
+		}
 	}
 	if cfg.Path == batch.PathAuto {
 		cfg.Path = batch.PathPortable
@@ -133,28 +196,38 @@ func NewFlooder(cfg FloodConfig) (*Flooder, error) {
 		return nil, fmt.Errorf("bench: %d clients or batch size %d out of range", cfg.Clients, cfg.BatchSize)
 	}
 	f := &Flooder{cfg: cfg}
-	for i := range cfg.Clients {
-		conn, err := batch.Listen(batch.Config{
-			Address:       sourceAddress(cfg, i),
-			Exclusive:     true, // or two clients may get one port, and each other's replies
-			Path:          cfg.Path,
-			BatchSize:     max(cfg.BatchSize, 64),
-			ReceiveBuffer: 4 << 20,
-			SendBuffer:    1 << 20,
-		})
+	if cfg.Raw.Interface != "" {
+		e, err := newRawEngine(cfg)
 		if err != nil {
-			f.Close()
-			return nil, fmt.Errorf("bench: client %d: %w", i, err)
+			return nil, err
 		}
-		c := &client{index: i, conn: conn, outbox: batch.NewMessages(cfg.BatchSize, ntp.HeaderSize)}
-		for j := range c.outbox {
-			m := &c.outbox[j]
-			m.N = ntp.HeaderSize
-			m.Buffer[0] = ntp.LeapVersionMode(ntp.LeapNone, 4, ntp.ModeClient)
-			m.Peer = cfg.Target
+		f.engine = e
+	} else {
+		e := &socketEngine{cfg: cfg}
+		f.engine = e
+		for i := range cfg.Clients {
+			conn, err := batch.Listen(batch.Config{
+				Address:       sourceAddress(cfg, i),
+				Exclusive:     true, // or two clients may get one port, and each other's replies
+				Path:          cfg.Path,
+				BatchSize:     max(cfg.BatchSize, 64),
+				ReceiveBuffer: 4 << 20,
+				SendBuffer:    1 << 20,
+			})
+			if err != nil {
+				f.Close()
+				return nil, fmt.Errorf("bench: client %d: %w", i, err)
+			}
+			c := &client{index: i, conn: conn, outbox: batch.NewMessages(cfg.BatchSize, ntp.HeaderSize)}
+			for j := range c.outbox {
+				m := &c.outbox[j]
+				m.N = ntp.HeaderSize
+				m.Buffer[0] = ntp.LeapVersionMode(ntp.LeapNone, 4, ntp.ModeClient)
+				m.Peer = cfg.Target
+			}
+			e.sockets = append(e.sockets, c)
+			f.wg.Go(func() { c.receive() })
 		}
-		f.clients = append(f.clients, c)
-		f.wg.Go(func() { f.receive(c) })
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	f.stop = stop
@@ -206,21 +279,72 @@ func sourceAddress(cfg FloodConfig, i int) netip.AddrPort {
 }
 
 // Clients returns the number of simulated clients.
-func (f *Flooder) Clients() int { return len(f.clients) }
+func (f *Flooder) Clients() int { return f.engine.clients() }
 
 // Close stops the receive loops and the scraper and closes the sockets.
 func (f *Flooder) Close() error {
 	if f.stop != nil {
 		f.stop()
 	}
-	for _, c := range f.clients {
-		c.conn.Close()
+	if f.engine != nil {
+		f.engine.close()
 	}
 	f.wg.Wait()
 	return nil
 }
 
-func (f *Flooder) receive(c *client) {
+func (e *socketEngine) clients() int { return len(e.sockets) }
+
+func (e *socketEngine) close() {
+	for _, c := range e.sockets {
+		c.conn.Close()
+	}
+}
+
+func (e *socketEngine) begin(step uint32, n int) {
+	perClient := n/len(e.sockets) + 4*e.cfg.BatchSize + 64
+	for _, c := range e.sockets {
+		c.mu.Lock()
+		c.acc = newAccumulator(step, perClient)
+		c.sent.Store(0)
+		c.mu.Unlock()
+	}
+}
+
+func (e *socketEngine) send(step uint32, k int) (sent, refused int, err error) {
+	c := e.sockets[e.next]
+	e.next = (e.next + 1) % len(e.sockets)
+	k = min(k, e.cfg.BatchSize)
+	base := c.sent.Load()
+	for j := range k {
+		binary.BigEndian.PutUint64(c.outbox[j].Buffer[40:], requestID(step, c.index, base+uint64(j)))
+	}
+	// Count before sending: a reply can arrive before WriteBatch returns.
+	c.sent.Add(uint64(k))
+	n, err := c.conn.WriteBatch(c.outbox[:k])
+	if err != nil {
+		return 0, 0, fmt.Errorf("bench: send: %w", err)
+	}
+	// Requests the local kernel refused (ENOBUFS) never left: they are the
+	// generator's failure, not the server's loss.
+	return n, k - n, nil
+}
+
+func (e *socketEngine) finish() {}
+
+func (e *socketEngine) end(step uint32) (accumulator, uint64) {
+	var total accumulator
+	for _, c := range e.sockets {
+		c.mu.Lock()
+		a := c.acc
+		c.acc = accumulator{step: step, done: true}
+		c.mu.Unlock()
+		total.merge(&a)
+	}
+	return total, 0
+}
+
+func (c *client) receive() {
 	msgs := batch.NewMessages(64, 256)
 	for {
 		n, err := c.conn.ReadBatch(msgs)
@@ -235,7 +359,26 @@ func (f *Flooder) receive(c *client) {
 	}
 }
 
-// add accounts for one reply.
+// newAccumulator returns the accounting of a step of about n requests.
+func newAccumulator(step uint32, n int) accumulator {
+	return accumulator{step: step, seen: make([]uint64, n/64+1),
+		responseTimes: make([]time.Duration, 0, min(n, 1<<20)),
+		txErrors:      make([]time.Duration, 0, min(n, 1<<20))}
+}
+
+// merge adds b's counts and samples to a.
+func (a *accumulator) merge(b *accumulator) {
+	a.valid += b.valid
+	a.invalid += b.invalid
+	a.kod += b.kod
+	a.unsynced += b.unsynced
+	a.late += b.late
+	a.noTimestamp += b.noTimestamp
+	a.responseTimes = append(a.responseTimes, b.responseTimes...)
+	a.txErrors = append(a.txErrors, b.txErrors...)
+}
+
+// add accounts for one reply to client c.
 func (a *accumulator) add(c *client, m *batch.Message) {
 	var h ntp.Header
 	if m.N < ntp.HeaderSize || h.Parse(m.Buffer[:m.N]) != nil || h.Mode != ntp.ModeServer {
@@ -243,11 +386,18 @@ func (a *accumulator) add(c *client, m *batch.Message) {
 		return
 	}
 	step, idx, seq := splitID(uint64(h.OriginTime))
+	a.count(&h, step, seq, idx == c.index && seq < c.sent.Load(), m.Received)
+}
+
+// count accounts for a reply, parsed into h, to request seq of step (its
+// low 8 bits); ours says whether the request is one this generator sent,
+// from the address the reply went to.
+func (a *accumulator) count(h *ntp.Header, step uint32, seq uint64, ours bool, received time.Time) {
 	if a.done || step != a.step&0xff {
 		a.late++ // an answer to an earlier step
 		return
 	}
-	if idx != c.index || seq >= c.sent.Load() {
+	if !ours {
 		a.invalid++ // not a request of ours
 		return
 	}
@@ -272,13 +422,13 @@ func (a *accumulator) add(c *client, m *batch.Message) {
 		a.unsynced++
 	}
 	a.valid++
-	rx, tx := h.ReceiveTime.Time(m.Received), h.TransmitTime.Time(m.Received)
-	if m.Received.IsZero() {
+	rx, tx := h.ReceiveTime.Time(received), h.TransmitTime.Time(received)
+	if received.IsZero() {
 		a.noTimestamp++
 		return
 	}
 	a.responseTimes = append(a.responseTimes, tx.Sub(rx))
-	a.txErrors = append(a.txErrors, m.Received.Sub(tx))
+	a.txErrors = append(a.txErrors, received.Sub(tx))
 }
 
 // Step is what one rate step measured.
@@ -310,8 +460,19 @@ type Step struct {
 	// makes the step a measurement of the generator, not of the server.
 	Shortfall bool `json:"shortfall"`
 	// CPUPerResponse is the target process's CPU time per valid reply, if
-	// its PID was known.
+	// its PID was known: its task clock, user and system time.
 	CPUPerResponse time.Duration `json:"cpu_per_response_ns,omitempty"`
+	// ServingCPUPerResponse is everything the serving CPUs did per valid
+	// reply, when FloodConfig.ServingCPUs names them: user, system, irq and
+	// softirq time, whoever ran it. It counts the kernel's receive and
+	// transmit work for the server, which CPUPerResponse leaves out, and
+	// anything else that ran there. ServingSoftirqPerResponse is the
+	// softirq part of it.
+	ServingCPUPerResponse     time.Duration `json:"serving_cpu_per_response_ns,omitempty"`
+	ServingSoftirqPerResponse time.Duration `json:"serving_softirq_per_response_ns,omitempty"`
+	// CaptureMissed counts replies the raw generator's capture ring had no
+	// room for: the generator, not the server, lost them.
+	CaptureMissed uint64 `json:"capture_missed,omitempty"`
 	// Scrapes counts the successful fetches of the server's metrics
 	// during the step, when FloodConfig.ScrapeURL is set.
 	Scrapes uint64 `json:"scrapes,omitempty"`
@@ -361,21 +522,13 @@ func (f *Flooder) Run(ctx context.Context, rate float64, d time.Duration) (Step,
 		return Step{}, fmt.Errorf("bench: rate %v and duration %v must be positive", rate, d)
 	}
 	step := f.step.Add(1)
-	perClient := int(rate*d.Seconds())/len(f.clients) + 4*f.cfg.BatchSize + 64
-	for _, c := range f.clients {
-		c.mu.Lock()
-		c.acc = accumulator{step: step, seen: make([]uint64, perClient/64+1),
-			responseTimes: make([]time.Duration, 0, min(perClient, 1<<20)),
-			txErrors:      make([]time.Duration, 0, min(perClient, 1<<20))}
-		c.sent.Store(0)
-		c.mu.Unlock()
-	}
+	f.engine.begin(step, int(rate*d.Seconds()))
 
 	cpuBefore, cpuErr := f.targetCPU()
+	servingBefore, servingErr := ReadCPUTimes(f.cfg.ServingCPUs)
 	scrapesBefore := f.scrapes.Load()
 	start := time.Now()
 	var sent uint64
-	next := 0
 	shortfall := false
 	refused := 0
 	for {
@@ -400,49 +553,28 @@ func (f *Flooder) Run(ctx context.Context, rate float64, d time.Duration) (Step,
 		if float64(due) > rate*0.05+float64(f.cfg.BatchSize) {
 			shortfall = true
 		}
-		c := f.clients[next]
-		next = (next + 1) % len(f.clients)
-		k := min(int(due), f.cfg.BatchSize)
-		base := c.sent.Load()
-		for j := range k {
-			binary.BigEndian.PutUint64(c.outbox[j].Buffer[40:], requestID(step, c.index, base+uint64(j)))
-		}
-		// Count before sending: a reply can arrive before WriteBatch returns.
-		c.sent.Add(uint64(k))
-		n, err := c.conn.WriteBatch(c.outbox[:k])
+		n, r, err := f.engine.send(step, min(int(due), f.cfg.BatchSize))
 		if err != nil {
-			return Step{}, fmt.Errorf("bench: send: %w", err)
+			return Step{}, err
 		}
-		// Requests the local kernel refused (ENOBUFS) never left: they
-		// are the generator's failure, not the server's loss.
-		refused += k - n
+		refused += r
 		sent += uint64(n)
 	}
+	f.engine.finish()
 	elapsed := time.Since(start)
 	select {
 	case <-time.After(f.cfg.ReplyWait):
 	case <-ctx.Done():
 	}
 
-	s := Step{Rate: rate, Clients: len(f.clients), Duration: elapsed.Seconds(), Sent: sent}
+	s := Step{Rate: rate, Clients: f.engine.clients(), Duration: elapsed.Seconds(), Sent: sent}
 	s.RequestRate = float64(sent) / elapsed.Seconds()
-	s.Shortfall = shortfall || refused > 0 || s.RequestRate < 0.97*rate
-	var times []time.Duration
-	var txErrors []time.Duration
-	for _, c := range f.clients {
-		c.mu.Lock()
-		a := c.acc
-		c.acc = accumulator{step: step, done: true}
-		c.mu.Unlock()
-		s.Valid += a.valid
-		s.Invalid += a.invalid
-		s.KoD += a.kod
-		s.Unsynced += a.unsynced
-		times = append(times, a.responseTimes...)
-		txErrors = append(txErrors, a.txErrors...)
-	}
-	s.TransmitError = errorStats(txErrors)
-	s.ResponseTime = quantiles(times)
+	a, missed := f.engine.end(step)
+	s.CaptureMissed = missed
+	s.Shortfall = shortfall || refused > 0 || missed > 0 || s.RequestRate < 0.97*rate
+	s.Valid, s.Invalid, s.KoD, s.Unsynced = a.valid, a.invalid, a.kod, a.unsynced
+	s.TransmitError = errorStats(a.txErrors)
+	s.ResponseTime = quantiles(a.responseTimes)
 	if sent > 0 {
 		received := s.Valid + s.KoD
 		s.LostPercent = 100 * float64(sent-min(sent, received)) / float64(sent)
@@ -453,6 +585,10 @@ func (f *Flooder) Run(ctx context.Context, rate float64, d time.Duration) (Step,
 	s.Scrapes = f.scrapes.Load() - scrapesBefore
 	if cpuAfter, err := f.targetCPU(); err == nil && cpuErr == nil && s.Valid > 0 {
 		s.CPUPerResponse = (cpuAfter - cpuBefore) / time.Duration(s.Valid)
+	}
+	if servingAfter, err := ReadCPUTimes(f.cfg.ServingCPUs); err == nil && servingErr == nil && s.Valid > 0 && len(f.cfg.ServingCPUs) > 0 {
+		s.ServingCPUPerResponse = servingAfter.Busy(servingBefore) / time.Duration(s.Valid)
+		s.ServingSoftirqPerResponse = servingAfter.SoftirqPart(servingBefore) / time.Duration(s.Valid)
 	}
 	if ctx.Err() != nil {
 		return s, ctx.Err()

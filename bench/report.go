@@ -45,7 +45,7 @@ func NewStepWriter(w io.Writer, f Format) *StepWriter {
 var csvHeader = []string{"target", "round", "rate", "request_rate", "clients", "sent", "lost_percent",
 	"invalid_percent", "kod_percent", "response_rate", "response_min_ns", "response_median_ns",
 	"response_p99_ns", "response_max_ns", "tx_error_p50_ns", "tx_error_p99_ns", "tx_error_max_ns", "tx_error_mean_ns",
-	"cpu_per_response_ns", "shortfall"}
+	"cpu_per_response_ns", "serving_cpu_per_response_ns", "serving_softirq_per_response_ns", "capture_missed", "shortfall"}
 
 // Write writes one step.
 func (sw *StepWriter) Write(s Step) error {
@@ -68,29 +68,36 @@ func (sw *StepWriter) Write(s Step) error {
 			strconv.FormatUint(s.Sent, 10), f(s.LostPercent), f(s.InvalidPercent), f(s.KoDPercent), f(s.ResponseRate),
 			d(s.ResponseTime.Min), d(s.ResponseTime.Median), d(s.ResponseTime.P99), d(s.ResponseTime.Max),
 			d(s.TransmitError.P50), d(s.TransmitError.P99), d(s.TransmitError.Max), d(s.TransmitError.Mean),
-			d(s.CPUPerResponse), strconv.FormatBool(s.Shortfall)})
+			d(s.CPUPerResponse), d(s.ServingCPUPerResponse), d(s.ServingSoftirqPerResponse),
+			strconv.FormatUint(s.CaptureMissed, 10), strconv.FormatBool(s.Shortfall)})
 		sw.cw.Flush()
 		return sw.cw.Error()
 	}
 	if !sw.header {
-		fmt.Fprintf(sw.w, "%-10s %3s %9s %7s | %7s %7s %6s | %11s | %-30s | %-22s | %s\n", "", "", "", "", "",
-			"", "", "", "  response time (µs)", " |transmit error| (µs)", "CPU")
-		fmt.Fprintf(sw.w, "%-10s %3s %9s %7s | %7s %7s %6s | %11s | %7s %7s %7s %7s | %6s %6s %7s | %s\n", "target", "", "rate",
-			"clients", "lost", "invalid", "kod", "responses/s", "min", "median", "p99", "max", "p50", "p99", "max", "µs/resp")
+		fmt.Fprintf(sw.w, "%-10s %3s %9s %8s | %7s %7s %6s | %11s | %-30s | %-22s | %s\n", "", "", "", "", "",
+			"", "", "", "  response time (µs)", " |transmit error| (µs)", "CPU µs/response")
+		fmt.Fprintf(sw.w, "%-10s %3s %9s %8s | %7s %7s %6s | %11s | %7s %7s %7s %7s | %6s %6s %7s | %7s %7s\n", "target", "", "rate",
+			"clients", "lost", "invalid", "kod", "responses/s", "min", "median", "p99", "max", "p50", "p99", "max", "task", "serving")
 		sw.header = true
 	}
-	cpu := "-"
+	cpu, serving := "-", "-"
 	if s.CPUPerResponse > 0 {
 		cpu = micro(s.CPUPerResponse)
 	}
+	if s.ServingCPUPerResponse > 0 {
+		serving = micro(s.ServingCPUPerResponse)
+	}
 	note := ""
-	if s.Shortfall {
+	switch {
+	case s.CaptureMissed > 0:
+		note = fmt.Sprintf("  The capture ring missed %d replies", s.CaptureMissed)
+	case s.Shortfall:
 		note = fmt.Sprintf("  Could not send requests at rate %.0f", s.Rate)
 	}
-	_, err := fmt.Fprintf(sw.w, "%-10s %3s %9.0f %7d | %6.2f%% %6.2f%% %5.2f%% | %11.0f | %7s %7s %7s %7s | %6s %6s %7s | %7s%s\n",
+	_, err := fmt.Fprintf(sw.w, "%-10s %3s %9.0f %8d | %6.2f%% %6.2f%% %5.2f%% | %11.0f | %7s %7s %7s %7s | %6s %6s %7s | %7s %7s%s\n",
 		s.Target, roundLabel(s.Round), s.Rate, s.Clients, s.LostPercent, s.InvalidPercent, s.KoDPercent, s.ResponseRate,
 		micro(s.ResponseTime.Min), micro(s.ResponseTime.Median), micro(s.ResponseTime.P99), micro(s.ResponseTime.Max),
-		micro(s.TransmitError.P50), micro(s.TransmitError.P99), micro(s.TransmitError.Max), cpu, note)
+		micro(s.TransmitError.P50), micro(s.TransmitError.P99), micro(s.TransmitError.Max), cpu, serving, note)
 	return err
 }
 
@@ -127,19 +134,22 @@ func WriteSummaries(w io.Writer, summaries []Summary) error {
 	}
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "target\tpoint\trate\tlost\tCPU µs/response\t|tx error| µs p50\tp90\tp99\tp99.9\tmean\t\n")
+	fmt.Fprintf(tw, "target\tpoint\trate\tlost\ttask CPU µs/response\tserving CPUs µs/response\tof it softirq\t|tx error| µs p50\tp90\tp99\tp99.9\tmean\t\n")
 	for j := range summaries[0].Points {
 		for _, s := range summaries {
 			if j >= len(s.Points) {
 				continue
 			}
 			p := s.Points[j]
-			cpu := "-"
+			cpu, serving, softirq := "-", "-", "-"
 			if p.CPUPerResponse > 0 {
 				cpu = micro(p.CPUPerResponse)
 			}
+			if p.ServingCPUPerResponse > 0 {
+				serving, softirq = micro(p.ServingCPUPerResponse), micro(p.ServingSoftirqPerResponse)
+			}
 			e := p.TransmitError
-			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.2f%%\t%s\t%s\t%s\t%s\t%s\t%s\t\n", s.Target, p.Point, p.Rate, p.LostPercent, cpu,
+			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.2f%%\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", s.Target, p.Point, p.Rate, p.LostPercent, cpu, serving, softirq,
 				micro(e.P50), micro(e.P90), micro(e.P99), micro(e.P999), micro(e.Mean))
 		}
 	}

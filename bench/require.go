@@ -21,8 +21,9 @@ import (
 //
 //	peak>=0.5*c+0.5*unbatched    at least halfway from unbatched's peak to c's
 //
-// Metrics: peak (no point), cpu, txp50 and txp99 (at a point; without one,
-// at every point).
+// Metrics: peak (no point), cpu (the target's task clock), servingcpu
+// (everything its CPUs did: see Step.ServingCPUPerResponse), txp50 and
+// txp99 (at a point; without one, at every point).
 type Requirement struct {
 	Metric  string
 	Point   string
@@ -36,7 +37,7 @@ type Term struct {
 	Target string
 }
 
-var requirementMetrics = map[string]bool{"peak": false, "cpu": true, "txp50": true, "txp99": true} // true: measured at points
+var requirementMetrics = map[string]bool{"peak": false, "cpu": true, "servingcpu": true, "txp50": true, "txp99": true} // true: measured at points
 
 // ParseRequirement parses the text form.
 func ParseRequirement(s string) (Requirement, error) {
@@ -220,6 +221,8 @@ func (r Requirement) evaluate(summaries []Summary) []checkLine {
 		switch r.Metric {
 		case "cpu":
 			mine, values = value(func(q PointSummary) time.Duration { return q.CPUPerResponse })
+		case "servingcpu":
+			mine, values = value(func(q PointSummary) time.Duration { return q.ServingCPUPerResponse })
 		case "txp50":
 			mine, values = value(func(q PointSummary) time.Duration { return q.TransmitError.P50 })
 		case "txp99":

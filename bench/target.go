@@ -23,8 +23,9 @@ import (
 //	NAME=exec:COMMAND ARGS...  a command the bench starts and stops
 //	NAME=chronyd               a chronyd the bench configures as a plain server
 //
-// In a command, {port} becomes a free port on 127.0.0.1, {port6} the same
-// port on ::1 (the target is then measured over IPv6), {addr:OTHER} the
+// In a command, {port} becomes a free port on 127.0.0.1 (or on
+// StartOptions.Host, which {host} names), {port6} the same port on ::1 (the
+// target is then measured over IPv6), {addr:OTHER} the
 // address of the target named OTHER, started before it, and {metrics} a free
 // TCP address on 127.0.0.1 for the server's Prometheus metrics, which the
 // bench then scrapes (see FloodConfig.ScrapeInterval).
@@ -72,6 +73,12 @@ type StartOptions struct {
 	CPUQuota float64
 	// AllowRemote permits addr targets that are not this host's.
 	AllowRemote bool
+	// Namespace, if set, is the network namespace (a name ip netns knows)
+	// the started servers run in: the server's side of a raw-frame rig.
+	Namespace string
+	// Host is the address started servers are measured at, and {host} in
+	// their commands. If not valid, 127.0.0.1.
+	Host netip.Addr
 }
 
 // Target is a server ready to measure.
@@ -151,13 +158,23 @@ func (t *Target) start(spec TargetSpec, earlier []*Target, opts StartOptions) er
 	if err != nil {
 		return err
 	}
-	t.Addr = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
+	host := opts.Host
+	if !host.IsValid() {
+		host = netip.MustParseAddr("127.0.0.1")
+	}
+	t.Addr = netip.AddrPortFrom(host, port)
 	args := spec.Command
 	if spec.Chronyd {
-		conf := filepath.Join(dir, "chrony.conf")
-		if err := os.WriteFile(conf, []byte(ChronydConfig(port, dir, true)), 0o644); err != nil {
+		conf := ChronydConfig(port, dir, true)
+		if host != netip.MustParseAddr("127.0.0.1") {
+			// Served on the rig's address, to clients from anywhere.
+			conf = strings.Replace(conf, "bindaddress 127.0.0.1\nallow 127.0.0.0/8\n",
+				fmt.Sprintf("bindaddress %s\nallow\n", host), 1)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "chrony.conf"), []byte(conf), 0o644); err != nil {
 			return err
 		}
+		conf = filepath.Join(dir, "chrony.conf")
 		args = []string{"chronyd", "-x", "-d", "-f", conf}
 		if os.Geteuid() == 0 {
 			args = append(args, "-u", "root")
@@ -170,6 +187,7 @@ func (t *Target) start(spec TargetSpec, earlier []*Target, opts StartOptions) er
 	for i, a := range args {
 		a = strings.ReplaceAll(a, "{port}", strconv.Itoa(int(port)))
 		a = strings.ReplaceAll(a, "{port6}", strconv.Itoa(int(port)))
+		a = strings.ReplaceAll(a, "{host}", host.String())
 		if strings.Contains(a, "{metrics}") {
 			metrics, err := freeTCPAddr()
 			if err != nil {
@@ -188,6 +206,11 @@ func (t *Target) start(spec TargetSpec, earlier []*Target, opts StartOptions) er
 	}
 	if opts.CPUs != "" {
 		expanded = append([]string{"taskset", "-c", opts.CPUs}, expanded...)
+	}
+	if opts.Namespace != "" {
+		// nsenter, unlike ip netns exec, leaves /sys alone: the cgroup
+		// that limits the server's CPU is written through the host's.
+		expanded = append([]string{"nsenter", "--net=/run/netns/" + opts.Namespace, "--"}, expanded...)
 	}
 	log, err := os.Create(filepath.Join(dir, "output.log"))
 	if err != nil {

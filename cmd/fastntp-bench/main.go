@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -178,6 +179,9 @@ type loadFlags struct {
 	plotPath, jsonOut      string
 	scrapeInterval         time.Duration
 	timeout                time.Duration
+	// The raw-frame generator's.
+	device, sourceNetwork, nextHop string
+	targetNetns, targetHost        string
 }
 
 var loadSynopses = map[string]string{
@@ -210,10 +214,15 @@ func defineLoadFlags(fs *pflag.FlagSet, mode string, f *loadFlags) {
 		fs.StringVar(&f.jsonOut, "json-out", "", "write the steps and summaries to this JSON `file`")
 	}
 	fs.IntVar(&f.clients, "clients", 32, "simulated clients (sockets), spread over 127.0.0.1-127.0.0.4 on loopback")
-	fs.IntVar(&f.batchSize, "batch", 32, "requests per send call")
+	fs.IntVar(&f.batchSize, "batch", 0, "requests per send call (default 32, 256 with --interface)")
+	fs.StringVar(&f.device, "interface", "", "send raw frames on this `device` from a spoofed client network, instead of through sockets (see --source-network)")
+	fs.StringVar(&f.sourceNetwork, "source-network", "", "with --interface, the clients' `prefix`, inside 198.18.0.0/15 or 2001:2::/48 (default 198.18.0.0/16, or 2001:2::/112 for an IPv6 target)")
+	fs.StringVar(&f.nextHop, "next-hop", "", "with --interface, the Ethernet `address` frames are sent to (default: the target's, from the neighbour table)")
+	fs.StringVar(&f.targetNetns, "target-netns", "", "run started servers in this network `namespace` (a name ip netns knows): the server's side of a --interface link")
+	fs.StringVar(&f.targetHost, "target-host", "", "the `address` started servers serve on and are loaded at, {host} in their commands (default 127.0.0.1)")
 	fs.StringVar(&f.clientIO, "client-io", "portable", "clients' socket I/O: portable (x/net, one poller for all sockets) or fast (a blocking thread per socket)")
 	fs.StringVar(&f.benchCPUs, "bench-cpus", "", "pin the generator to these `CPUs` (taskset list, e.g. 0)")
-	fs.StringVar(&f.targetCPUs, "target-cpus", "", "pin started servers to these `CPUs` (e.g. 1)")
+	fs.StringVar(&f.targetCPUs, "target-cpus", "", "pin started servers to these `CPUs` (e.g. 1), and report everything these CPUs do per reply, softirq included")
 	fs.Float64Var(&f.quota, "target-cpu-quota", 0, "limit each started server to this `fraction` of a CPU with a cgroup (e.g. 0.5)")
 	fs.BoolVar(&f.allowRemote, "allow-remote", false, "allow servers that are not on this host")
 	fs.BoolVar(&f.asJSON, "json", false, "print steps as JSON lines")
@@ -269,6 +278,32 @@ func load(ctx context.Context, mode string, args []string, stdout io.Writer) err
 	ramp := bench.RampConfig{Start: f.start, Multiplier: f.multiplier, Max: f.max, StepDuration: f.step, MaxLossPercent: f.maxLoss}
 	flood := bench.FloodConfig{Clients: f.clients, BatchSize: f.batchSize, AllowRemote: f.allowRemote, Path: clientPath,
 		ScrapeInterval: f.scrapeInterval}
+	if f.targetCPUs != "" {
+		if flood.ServingCPUs, err = bench.ParseCPUList(f.targetCPUs); err != nil {
+			return usageError{fmt.Errorf("--target-cpus: %w", err)}
+		}
+	}
+	start := bench.StartOptions{CPUs: f.targetCPUs, CPUQuota: f.quota, AllowRemote: f.allowRemote, Namespace: f.targetNetns}
+	if f.targetHost != "" {
+		if start.Host, err = netip.ParseAddr(f.targetHost); err != nil {
+			return usageError{fmt.Errorf("--target-host: %w", err)}
+		}
+	}
+	if f.device != "" {
+		flood.Raw.Interface = f.device
+		if f.sourceNetwork != "" {
+			if flood.Raw.SourceNetwork, err = netip.ParsePrefix(f.sourceNetwork); err != nil {
+				return usageError{fmt.Errorf("--source-network: %w", err)}
+			}
+		}
+		if f.nextHop != "" {
+			if flood.Raw.NextHop, err = net.ParseMAC(f.nextHop); err != nil || len(flood.Raw.NextHop) != 6 {
+				return usageError{fmt.Errorf("--next-hop %q: want an Ethernet address such as 02:00:00:00:00:01", f.nextHop)}
+			}
+		}
+	} else if f.sourceNetwork != "" || f.nextHop != "" {
+		return usageError{errors.New("--source-network and --next-hop need --interface")}
+	}
 
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
@@ -277,7 +312,7 @@ func load(ctx context.Context, mode string, args []string, stdout io.Writer) err
 			return err
 		}
 	}
-	started, err := bench.StartTargets(ctx, specs, bench.StartOptions{CPUs: f.targetCPUs, CPUQuota: f.quota, AllowRemote: f.allowRemote})
+	started, err := bench.StartTargets(ctx, specs, start)
 	if err != nil {
 		return err
 	}

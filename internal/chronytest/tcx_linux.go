@@ -64,3 +64,47 @@ func FillEgress(t testing.TB, ns, device string) {
 	}
 	t.Fatalf("%s took 100 programs", device)
 }
+
+// DropIngress attaches to the ingress (TCX) of device in namespace ns a
+// program that drops every packet but ARP's, so that a generator aimed at
+// the device measures itself alone: the drop costs the receiving CPU, not
+// the sender's. It is detached when the test ends.
+func DropIngress(t testing.TB, ns, device string) {
+	t.Helper()
+	const (
+		tcxDrop        = 2
+		skbProtocol    = 16     // offset of __sk_buff.protocol
+		arpNetworkByte = 0x0608 // htons(ETH_P_ARP), as a little-endian load sees it
+	)
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:       ebpf.SchedCLS,
+		AttachType: ebpf.AttachTCXIngress,
+		Instructions: asm.Instructions{
+			asm.LoadMem(asm.R2, asm.R1, skbProtocol, asm.Word),
+			asm.Mov.Imm(asm.R0, TCXPass),
+			asm.JEq.Imm(asm.R2, arpNetworkByte, "out"),
+			asm.Mov.Imm(asm.R0, tcxDrop),
+			asm.Return().WithSymbol("out"),
+		},
+		License: "MIT",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { prog.Close() })
+	err = InNamespace(ns, func() error {
+		ifc, err := net.InterfaceByName(device)
+		if err != nil {
+			return err
+		}
+		l, err := link.AttachTCX(link.TCXOptions{Interface: ifc.Index, Program: prog, Attach: ebpf.AttachTCXIngress})
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { l.Close() })
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("drop on %s: %v", device, err)
+	}
+}

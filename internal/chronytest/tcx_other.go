@@ -21,3 +21,6 @@ func OtherProgram(t testing.TB, ns, device string, code int32, head bool) (detac
 
 // FillEgress needs Linux's TCX.
 func FillEgress(t testing.TB, ns, device string) { t.Skip("TCX programs need Linux") }
+
+// DropIngress needs Linux.
+func DropIngress(t testing.TB, ns, device string) { t.Skip("TCX programs need Linux") }

@@ -76,7 +76,7 @@ type rawEngine struct {
 	mu       sync.Mutex    // guards acc
 	acc      accumulator
 	stopping atomic.Bool
-	done     chan struct{} // closed when the receive loop has ended
+	done     chan struct{} // closed when the receive loop has ended; nil before it starts
 }
 
 // clientFor returns the client index and source port of request seq: the
@@ -123,7 +123,7 @@ func newRawEngine(cfg FloodConfig) (*rawEngine, error) {
 	}
 	e := &rawEngine{template: template, addresses: uint64(addresses), target: target,
 		link: unix.SockaddrLinklayer{Protocol: htons(etherType), Ifindex: device.Index},
-		tx:   -1, rx: -1, done: make(chan struct{})}
+		tx:   -1, rx: -1}
 	if err := e.openTransmit(); err != nil {
 		e.close()
 		return nil, fmt.Errorf("bench: transmit ring on %s: %w", rc.Interface, err)
@@ -132,6 +132,7 @@ func newRawEngine(cfg FloodConfig) (*rawEngine, error) {
 		e.close()
 		return nil, fmt.Errorf("bench: receive ring on %s: %w", rc.Interface, err)
 	}
+	e.done = make(chan struct{})
 	go e.receive()
 	return e, nil
 }
@@ -416,7 +417,7 @@ func (e *rawEngine) add(frame []byte, received time.Time) {
 }
 
 func (e *rawEngine) close() {
-	if e.rx >= 0 && e.rxRing != nil {
+	if e.done != nil {
 		e.stopping.Store(true)
 		<-e.done
 	}

@@ -213,7 +213,7 @@ func defineLoadFlags(fs *pflag.FlagSet, mode string, f *loadFlags) {
 		fs.StringArrayVar(&f.requires, "require", nil, "fail unless the first target meets METRIC[@POINT]>=RATIO*NAME or <=, e.g. peak>=0.97*c, cpu@20000<=1.3*c, txp99@50%<=8*chronyd (metrics: peak, cpu, txp50, txp99)")
 		fs.StringVar(&f.jsonOut, "json-out", "", "write the steps and summaries to this JSON `file`")
 	}
-	fs.IntVar(&f.clients, "clients", 32, "simulated clients (sockets), spread over 127.0.0.1-127.0.0.4 on loopback")
+	fs.IntVar(&f.clients, "clients", 32, "simulated clients (sockets), spread over 127.0.0.1-127.0.0.4 on loopback; with --interface, --source-network sets the clients")
 	fs.IntVar(&f.batchSize, "batch", 0, "requests per send call (default 32, 256 with --interface)")
 	fs.StringVar(&f.device, "interface", "", "send raw frames on this `device` from a spoofed client network, instead of through sockets (see --source-network)")
 	fs.StringVar(&f.sourceNetwork, "source-network", "", "with --interface, the clients' `prefix`, inside 198.18.0.0/15 or 2001:2::/48 (default 198.18.0.0/16, or 2001:2::/112 for an IPv6 target)")

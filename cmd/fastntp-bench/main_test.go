@@ -33,6 +33,11 @@ func TestRunErrors(t *testing.T) {
 		{[]string{"compare", "--target", "a=chronyd", "--target", "b=chronyd", "--require", "speed>=1.2*b"}, 2, "unknown metric"},
 		{[]string{"compare", "--target", "a=chronyd", "--point", "120%"}, 2, "want a percentage"},
 		{[]string{"ramp", "--target", "127.0.0.1:123", "--json", "--csv"}, 2, "exclude each other"},
+		{[]string{"fixed", "--target", "127.0.0.1:123", "--source-network", "198.18.0.0/16"}, 2, "need --interface"},
+		{[]string{"fixed", "--target", "127.0.0.1:123", "--interface", "lo", "--source-network", "198.18.0.0"}, 2, "--source-network"},
+		{[]string{"fixed", "--target", "127.0.0.1:123", "--interface", "lo", "--next-hop", "1.2.3.4"}, 2, "want an Ethernet address"},
+		{[]string{"fixed", "--target", "127.0.0.1:123", "--target-cpus", "x"}, 2, "--target-cpus"},
+		{[]string{"fixed", "--target", "127.0.0.1:123", "--target-host", "localhost"}, 2, "--target-host"},
 		{[]string{"help"}, 0, ""},
 		{[]string{"ramp", "-h"}, 0, ""},
 	}

@@ -221,7 +221,7 @@ bench-check-raw: build $(BIN)/ntpresp
 	mkdir -p bench-results
 	.ci/in-rig 0 1 $(BIN)/fastntp-bench compare --timeout 5m --rounds 3 \
 		--interface rig0 --target-netns fastntp-rig-server --target-host 198.19.0.2 \
-		--start 150000 --multiplier 1.5 --max 1000000 --step 1s --point 100000 \
+		--start 225000 --multiplier 1.5 --max 1000000 --step 1s --point 100000 \
 		--bench-cpus 0 --target-cpus 1 \
 		--target 'fastntp=exec:$(BENCH_RAW_FASTNTP)' \
 		--target 'c=exec:$(CURDIR)/$(BIN)/ntpresp -a {host} -p {port} -t 1 -b 64 -k' \

@@ -148,33 +148,29 @@ func (e *rawEngine) openTransmit() error {
 		return err
 	}
 	e.tx = fd
-	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VERSION, unix.TPACKET_V2); err != nil {
-		return fmt.Errorf("TPACKET_V2: %w", err)
-	}
-	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_QDISC_BYPASS, 1); err != nil {
-		return fmt.Errorf("qdisc bypass: %w", err)
-	}
-	// Without a virtio-net header the kernel copies only the Ethernet
-	// header into the skb and attaches the rest as a fragment of the ring's
-	// page; a veth then copies that fragment into a page of its own for
-	// the peer namespace, which costs a page allocation per request. The
-	// header's hdr_len makes the kernel copy the whole frame, small as it
-	// is, into the skb at once.
-	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VNET_HDR, 1); err != nil {
-		return fmt.Errorf("virtio-net header: %w", err)
-	}
-	// The socket's send buffer bounds the frames in flight at once.
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 64<<20); err != nil {
-		return fmt.Errorf("send buffer: %w", err)
+	err = setOptions(fd,
+		socketOption{"TPACKET_V2", unix.SOL_PACKET, unix.PACKET_VERSION, unix.TPACKET_V2},
+		socketOption{"qdisc bypass", unix.SOL_PACKET, unix.PACKET_QDISC_BYPASS, 1},
+		// Without a virtio-net header the kernel copies only the Ethernet
+		// header into the skb and attaches the rest as a fragment of the
+		// ring's page; a veth then copies that fragment into a page of its
+		// own for the peer namespace, which costs a page allocation per
+		// request. The header's hdr_len makes the kernel copy the whole
+		// frame, small as it is, into the skb at once.
+		socketOption{"virtio-net header", unix.SOL_PACKET, unix.PACKET_VNET_HDR, 1},
+		// The socket's send buffer bounds the frames in flight at once.
+		socketOption{"send buffer", unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 64 << 20})
+	if err != nil {
+		return err
 	}
 	req := unix.TpacketReq{Block_size: txBlockFrames * txFrameSize, Block_nr: txRingFrames / txBlockFrames,
 		Frame_size: txFrameSize, Frame_nr: txRingFrames}
 	if err := unix.SetsockoptTpacketReq(fd, unix.SOL_PACKET, unix.PACKET_TX_RING, &req); err != nil {
 		return fmt.Errorf("PACKET_TX_RING: %w", err)
 	}
-	ring, err := unix.Mmap(fd, 0, txRingFrames*txFrameSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
+	ring, err := mapRing(fd, txRingFrames*txFrameSize)
 	if err != nil {
-		return fmt.Errorf("map: %w", err)
+		return err
 	}
 	e.txRing = ring
 	for i := range txRingFrames {
@@ -204,29 +200,53 @@ func (e *rawEngine) openReceive(ifindex int) error {
 	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &prog); err != nil {
 		return fmt.Errorf("filter: %w", err)
 	}
-	// Stamps taken as each frame entered the stack (netif_rx), not as the
-	// capture ran, which may be on another CPU later.
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1); err != nil {
-		return fmt.Errorf("timestamps: %w", err)
-	}
-	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VERSION, unix.TPACKET_V3); err != nil {
-		return fmt.Errorf("TPACKET_V3: %w", err)
-	}
-	// The requests this host sends out are not replies.
-	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1); err != nil {
-		return fmt.Errorf("ignore outgoing: %w", err)
+	err = setOptions(fd,
+		// Stamps taken as each frame entered the stack (netif_rx), not as
+		// the capture ran, which may be on another CPU later.
+		socketOption{"timestamps", unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1},
+		socketOption{"TPACKET_V3", unix.SOL_PACKET, unix.PACKET_VERSION, unix.TPACKET_V3},
+		// The requests this host sends out are not replies.
+		socketOption{"ignore outgoing", unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1})
+	if err != nil {
+		return err
 	}
 	req := unix.TpacketReq3{Block_size: rxBlockSize, Block_nr: rxBlocks, Frame_size: 2048,
 		Frame_nr: rxBlockSize / 2048 * rxBlocks, Retire_blk_tov: rxBlockTimeout}
 	if err := unix.SetsockoptTpacketReq3(fd, unix.SOL_PACKET, unix.PACKET_RX_RING, &req); err != nil {
 		return fmt.Errorf("PACKET_RX_RING: %w", err)
 	}
-	ring, err := unix.Mmap(fd, 0, rxBlockSize*rxBlocks, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
+	ring, err := mapRing(fd, rxBlockSize*rxBlocks)
 	if err != nil {
-		return fmt.Errorf("map: %w", err)
+		return err
 	}
 	e.rxRing = ring
 	return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifindex})
+}
+
+// socketOption is an integer socket option, named for the error of a
+// kernel that refuses it.
+type socketOption struct {
+	name                 string
+	level, option, value int
+}
+
+func setOptions(fd int, options ...socketOption) error {
+	for _, o := range options {
+		if err := unix.SetsockoptInt(fd, o.level, o.option, o.value); err != nil {
+			return fmt.Errorf("%s: %w", o.name, err)
+		}
+	}
+	return nil
+}
+
+// mapRing maps the ring of packet socket fd, of size bytes, with its pages
+// in place.
+func mapRing(fd, size int) ([]byte, error) {
+	ring, err := unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
+	if err != nil {
+		return nil, fmt.Errorf("map: %w", err)
+	}
+	return ring, nil
 }
 
 // replyFilter returns a classic BPF program that keeps the UDP datagrams

@@ -14,8 +14,9 @@ import (
 
 // TestRaw floods a real chronyd, and fastntp mirroring it, across a veth
 // pair with raw frames from 65,536 client addresses, over IPv4 and IPv6:
-// every address sends twice, and every reply must match the request it
-// answers (its address, port and origin timestamp) and be synchronized.
+// every address sends at least once, and every reply must match the
+// request it answers (its address, port and origin timestamp) and be
+// synchronized.
 // Requests the server never saw, or dropped, are lost: a busy machine makes
 // a single-threaded server lose some, but malformed frames, which its
 // kernel would drop, would lose all.
@@ -54,7 +55,7 @@ func TestRaw(t *testing.T) {
 						if f.Clients() != clients {
 							t.Errorf("%d clients, want %d", f.Clients(), clients)
 						}
-						s, err = f.Run(context.Background(), rate, time.Duration(2*clients+rate/10)*time.Second/rate)
+						s, err = f.Run(context.Background(), rate, time.Duration(clients+rate/10)*time.Second/rate)
 						return err
 					})
 					if err != nil {
@@ -62,9 +63,9 @@ func TestRaw(t *testing.T) {
 					}
 					t.Logf("sent %d, %d valid, lost %.2f%%, response time median %v, |transmit error| p50 %v p99 %v",
 						s.Sent, s.Valid, s.LostPercent, s.ResponseTime.Median, s.TransmitError.P50, s.TransmitError.P99)
-					if s.Sent < 2*clients || s.Invalid != 0 || s.KoD != 0 || s.Unsynced != 0 || s.CaptureMissed != 0 {
+					if s.Sent < clients || s.Invalid != 0 || s.KoD != 0 || s.Unsynced != 0 || s.CaptureMissed != 0 {
 						t.Errorf("sent %d (want at least %d), %d invalid, %d kiss-o'-death, %d unsynchronized, %d missed by the capture",
-							s.Sent, 2*clients, s.Invalid, s.KoD, s.Unsynced, s.CaptureMissed)
+							s.Sent, clients, s.Invalid, s.KoD, s.Unsynced, s.CaptureMissed)
 					}
 					if s.LostPercent > 50 {
 						t.Errorf("lost %.2f%% of %d requests", s.LostPercent, s.Sent)

@@ -63,7 +63,7 @@ type rawEngine struct {
 	template  *frameTemplate
 	addresses uint64 // clients in the source network
 	target    netip.AddrPort
-	link      unix.SockaddrLinklayer
+	link      *unix.SockaddrLinklayer // where flushes send, kept to allocate it once
 
 	tx     int
 	txRing []byte
@@ -122,7 +122,7 @@ func newRawEngine(cfg FloodConfig) (*rawEngine, error) {
 		etherType = etherTypeIPv6
 	}
 	e := &rawEngine{template: template, addresses: uint64(addresses), target: target,
-		link: unix.SockaddrLinklayer{Protocol: htons(etherType), Ifindex: device.Index},
+		link: &unix.SockaddrLinklayer{Protocol: htons(etherType), Ifindex: device.Index},
 		tx:   -1, rx: -1}
 	if err := e.openTransmit(); err != nil {
 		e.close()
@@ -343,8 +343,7 @@ func (e *rawEngine) send(step uint32, k int) (sent, refused int, err error) {
 // flush asks the kernel to send the frames waiting in the ring. Those it
 // cannot take now (its send buffer is full) it takes at the next flush.
 func (e *rawEngine) flush() error {
-	link := e.link
-	err := unix.Sendto(e.tx, nil, unix.MSG_DONTWAIT, &link)
+	err := unix.Sendto(e.tx, nil, unix.MSG_DONTWAIT, e.link)
 	if err != nil && !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.ENOBUFS) {
 		return fmt.Errorf("bench: send: %w", err)
 	}

@@ -179,3 +179,27 @@ func BenchmarkRawGenerator(b *testing.B) {
 		})
 	}
 }
+
+// TestRawSendAllocs proves that sending allocates nothing once warm: not
+// per request, and not per flush of the ring.
+func TestRawSendAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are checked by the run without -race")
+	}
+	rig := chronytest.NewRig(t)
+	err := chronytest.InNamespace(rig.Client, func() error {
+		f, err := bench.NewFlooder(bench.FloodConfig{Target: netip.AddrPortFrom(rig.Server4, 123),
+			Raw: bench.RawConfig{Interface: rig.ClientDevice}})
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if allocs := bench.SendAllocs(f); allocs != 0 {
+			t.Errorf("%v allocations per send of a batch", allocs)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -165,16 +165,14 @@ func (t *Target) start(spec TargetSpec, earlier []*Target, opts StartOptions) er
 	t.Addr = netip.AddrPortFrom(host, port)
 	args := spec.Command
 	if spec.Chronyd {
-		conf := ChronydConfig(port, dir, true)
+		clients := "127.0.0.0/8"
 		if host != netip.MustParseAddr("127.0.0.1") {
-			// Served on the rig's address, to clients from anywhere.
-			conf = strings.Replace(conf, "bindaddress 127.0.0.1\nallow 127.0.0.0/8\n",
-				fmt.Sprintf("bindaddress %s\nallow\n", host), 1)
+			clients = "" // served on a rig's address, to clients from anywhere
 		}
-		if err := os.WriteFile(filepath.Join(dir, "chrony.conf"), []byte(conf), 0o644); err != nil {
+		conf := filepath.Join(dir, "chrony.conf")
+		if err := os.WriteFile(conf, []byte(chronydConfig(netip.AddrPortFrom(host, port), clients, dir, true)), 0o644); err != nil {
 			return err
 		}
-		conf = filepath.Join(dir, "chrony.conf")
 		args = []string{"chronyd", "-x", "-d", "-f", conf}
 		if os.Geteuid() == 0 {
 			args = append(args, "-u", "root")
@@ -243,8 +241,14 @@ func (t *Target) start(spec TargetSpec, earlier []*Target, opts StartOptions) er
 // in dir. With synchronized it claims stratum 10 from its own clock (local
 // stratum 10); without, it has no source and answers unsynchronized.
 func ChronydConfig(port uint16, dir string, synchronized bool) string {
-	conf := fmt.Sprintf("port %d\nbindaddress 127.0.0.1\nallow 127.0.0.0/8\ncmdport 0\n"+
-		"bindcmdaddress /\npidfile %s\n", port, filepath.Join(dir, "chronyd.pid"))
+	return chronydConfig(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port), "127.0.0.0/8", dir, synchronized)
+}
+
+// chronydConfig is ChronydConfig for a chronyd serving on addr to clients,
+// a prefix, or anyone if empty.
+func chronydConfig(addr netip.AddrPort, clients, dir string, synchronized bool) string {
+	conf := fmt.Sprintf("port %d\nbindaddress %s\nallow %s\ncmdport 0\n"+
+		"bindcmdaddress /\npidfile %s\n", addr.Port(), addr.Addr(), clients, filepath.Join(dir, "chronyd.pid"))
 	if synchronized {
 		conf += "local stratum 10\n"
 	}

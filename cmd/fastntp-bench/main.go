@@ -210,7 +210,7 @@ func defineLoadFlags(fs *pflag.FlagSet, mode string, f *loadFlags) {
 	if mode == "compare" {
 		fs.IntVar(&f.rounds, "rounds", 3, "rounds of every target, interleaved")
 		fs.StringArrayVar(&f.points, "point", nil, "after each ramp, hold this rate for one step: requests/s (20000) or a share of the first target's peak (90%); repeat for more")
-		fs.StringArrayVar(&f.requires, "require", nil, "fail unless the first target meets METRIC[@POINT]>=RATIO*NAME or <=, e.g. peak>=0.97*c, cpu@20000<=1.3*c, txp99@50%<=8*chronyd (metrics: peak, cpu, txp50, txp99)")
+		fs.StringArrayVar(&f.requires, "require", nil, "fail unless the first target meets METRIC[@POINT]>=RATIO*NAME or <=, e.g. peak>=0.97*c, cpu@20000<=1.3*c, txp99@50%<=8*chronyd (metrics: peak, cpu (task clock), servingcpu (everything the --target-cpus did), txp50, txp99)")
 		fs.StringVar(&f.jsonOut, "json-out", "", "write the steps and summaries to this JSON `file`")
 	}
 	fs.IntVar(&f.clients, "clients", 32, "simulated clients (sockets), spread over 127.0.0.1-127.0.0.4 on loopback; with --interface, --source-network sets the clients")

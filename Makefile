@@ -80,10 +80,10 @@ unit:
 	$(GO) test -count=1 -run 'Alloc' ./...
 
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzReply$$' -fuzztime $(call fuzztime,300000x) ./responder
+	$(GO) test -run '^$$' -fuzz '^FuzzReply$$' -fuzztime $(call fuzztime,150000x) ./responder
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(call fuzztime,800000x) ./internal/ntp
 	$(GO) test -run '^$$' -fuzz '^FuzzParseControl$$' -fuzztime $(call fuzztime,500000x) ./batch
-	$(GO) test -run '^$$' -fuzz '^FuzzParseAnswer$$' -fuzztime $(call fuzztime,300000x) ./upstream
+	$(GO) test -run '^$$' -fuzz '^FuzzParseAnswer$$' -fuzztime $(call fuzztime,150000x) ./upstream
 	$(GO) test -run '^$$' -fuzz '^FuzzParsers$$' -fuzztime $(call fuzztime,100000x) ./bench
 	$(GO) test -run '^$$' -fuzz '^FuzzParseNetwork$$' -fuzztime $(call fuzztime,30000x) ./cmd/fastntp
 

@@ -60,6 +60,16 @@ func CheckSourceNetwork(network netip.Prefix, target netip.Addr) (int, error) {
 	return 1 << hostBits, nil
 }
 
+// Raw request identities: the step's low 8 bits, then a sequence number from
+// which the client's address and port follow.
+const rawSeqBits = 56
+
+func rawRequestID(step uint32, seq uint64) uint64 { return uint64(step&0xff)<<rawSeqBits | seq }
+
+func splitRawID(id uint64) (step uint32, seq uint64) {
+	return uint32(id >> rawSeqBits), id & (1<<rawSeqBits - 1)
+}
+
 // frameTemplate builds one family's request frames: Ethernet, IPv4 or IPv6,
 // UDP and a 48-byte NTP client request. Everything but the source address,
 // the source port and the transmit timestamp (which carries the request's

@@ -2,15 +2,16 @@ package bench
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"syscall"
 	"time"
 
+	"github.com/fastntp/fastntp/internal/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -103,52 +104,26 @@ func lookupNeighbour(ifindex int, addr netip.Addr) (net.HardwareAddr, error) {
 // network namespace named in /run/netns (as ip netns names them).
 func namespaceAddresses() ([]netip.Addr, error) {
 	names, err := filepath.Glob("/run/netns/*")
-	if err != nil || len(names) == 0 {
-		return nil, err
-	}
-	type result struct {
-		addrs []netip.Addr
-		err   error
-	}
-	results := make(chan result, 1)
-	go func() {
-		// The thread enters namespace after namespace and is never
-		// unlocked: it ends with the goroutine.
-		runtime.LockOSThread()
-		var r result
-		for _, name := range names {
-			addrs, err := addressesIn(name)
-			if err != nil && !os.IsNotExist(err) {
-				r.err = err
-				break
-			}
-			r.addrs = append(r.addrs, addrs...)
-		}
-		results <- r
-	}()
-	r := <-results
-	return r.addrs, r.err
-}
-
-// addressesIn enters the namespace at path on the calling thread and lists
-// its interfaces' addresses.
-func addressesIn(path string) ([]netip.Addr, error) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
-	}
-	defer unix.Close(fd)
-	if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-		return nil, fmt.Errorf("enter %s: %w", path, err)
-	}
-	ifaceAddrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return nil, fmt.Errorf("addresses in %s: %w", path, err)
 	}
 	var addrs []netip.Addr
-	for _, ia := range ifaceAddrs {
-		if p, err := netip.ParsePrefix(ia.String()); err == nil {
-			addrs = append(addrs, p.Addr().Unmap())
+	for _, name := range names {
+		err := netns.Do(name, func() error {
+			ifaceAddrs, err := net.InterfaceAddrs()
+			if err != nil {
+				return fmt.Errorf("addresses in %s: %w", name, err)
+			}
+			for _, ia := range ifaceAddrs {
+				if p, err := netip.ParsePrefix(ia.String()); err == nil {
+					addrs = append(addrs, p.Addr().Unmap())
+				}
+			}
+			return nil
+		})
+		// A namespace deleted since the listing is no error.
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
 		}
 	}
 	return addrs, nil

@@ -48,16 +48,6 @@ const (
 	rawBatchSize = 256
 )
 
-// Raw request identities: the step's low 8 bits, then a sequence number from
-// which the client's address and port follow.
-const rawSeqBits = 56
-
-func rawRequestID(step uint32, seq uint64) uint64 { return uint64(step&0xff)<<rawSeqBits | seq }
-
-func splitRawID(id uint64) (step uint32, seq uint64) {
-	return uint32(id >> rawSeqBits), id & (1<<rawSeqBits - 1)
-}
-
 // rawEngine is the raw-frame generator.
 type rawEngine struct {
 	template  *frameTemplate

@@ -7,10 +7,8 @@ import (
 	"net/netip"
 )
 
-// rawEngine is the raw-frame generator, which needs Linux's packet rings.
-type rawEngine struct{ socketEngine }
-
-func newRawEngine(FloodConfig) (*rawEngine, error) {
+// newRawEngine fails: the raw-frame generator needs Linux's packet rings.
+func newRawEngine(FloodConfig) (engine, error) {
 	return nil, errors.New("bench: the raw-frame generator needs Linux")
 }
 

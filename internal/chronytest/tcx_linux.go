@@ -37,20 +37,27 @@ func OtherProgram(t testing.TB, ns, device string, code int32, head bool) (detac
 	if head {
 		anchor = link.Head()
 	}
-	var l link.Link
-	err = InNamespace(ns, func() error {
-		ifc, err := net.InterfaceByName(device)
-		if err != nil {
-			return err
-		}
-		l, err = link.AttachTCX(link.TCXOptions{Interface: ifc.Index, Program: prog, Attach: ebpf.AttachTCXEgress, Anchor: anchor})
-		return err
-	})
+	l, err := attachTCX(ns, device, prog, ebpf.AttachTCXEgress, anchor)
 	if err != nil {
 		return nil, err
 	}
 	t.Cleanup(func() { l.Close() })
 	return func() { l.Close() }, nil
+}
+
+// attachTCX attaches prog to device in namespace ns, at attach, placed by
+// anchor (nil: at the tail of the device's chain).
+func attachTCX(ns, device string, prog *ebpf.Program, attach ebpf.AttachType, anchor link.Anchor) (link.Link, error) {
+	var l link.Link
+	err := InNamespace(ns, func() error {
+		ifc, err := net.InterfaceByName(device)
+		if err != nil {
+			return err
+		}
+		l, err = link.AttachTCX(link.TCXOptions{Interface: ifc.Index, Program: prog, Attach: attach, Anchor: anchor})
+		return err
+	})
+	return l, err
 }
 
 // FillEgress attaches programs that let every packet on (TCXNext) to the
@@ -92,19 +99,9 @@ func DropIngress(t testing.TB, ns, device string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { prog.Close() })
-	err = InNamespace(ns, func() error {
-		ifc, err := net.InterfaceByName(device)
-		if err != nil {
-			return err
-		}
-		l, err := link.AttachTCX(link.TCXOptions{Interface: ifc.Index, Program: prog, Attach: ebpf.AttachTCXIngress})
-		if err != nil {
-			return err
-		}
-		t.Cleanup(func() { l.Close() })
-		return nil
-	})
+	l, err := attachTCX(ns, device, prog, ebpf.AttachTCXIngress, nil)
 	if err != nil {
 		t.Fatalf("drop on %s: %v", device, err)
 	}
+	t.Cleanup(func() { l.Close() })
 }

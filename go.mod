@@ -36,3 +36,5 @@ require (
 	google.golang.org/protobuf v1.36.12 // indirect
 	kernel.org/pub/linux/libs/security/libcap/psx v1.2.78 // indirect
 )
+
+tool github.com/cilium/ebpf/cmd/bpf2go

@@ -27,6 +27,7 @@ import (
 	"github.com/fastntp/fastntp/batch"
 	"github.com/fastntp/fastntp/internal/ntp"
 	"github.com/fastntp/fastntp/responder/egress"
+	"github.com/fastntp/fastntp/responder/xdp"
 	"github.com/fastntp/fastntp/upstream"
 )
 
@@ -74,6 +75,10 @@ type Config struct {
 	// TransmitStamps selects where replies get their transmit timestamps.
 	// The zero value is StampAuto.
 	TransmitStamps Stamping
+	// FastPath, if not nil, adds the XDP fast path at the devices it
+	// names. With a rate limit, it takes half of RateLimit.Memory for its
+	// records and the workers share the rest.
+	FastPath *FastPath
 	// StampCheckInterval is how often a server that stamps at the device
 	// compares the replies stamped there with those sent, and warns when
 	// fewer than 99% were stamped. If zero, once a minute.
@@ -99,6 +104,10 @@ type Server struct {
 	// nil; deviceStamps says whether it is attached.
 	stamper      *egress.Stamper
 	deviceStamps atomic.Bool
+	// fastPath is the XDP program, or nil; fastPathUp says whether it is
+	// attached.
+	fastPath   *xdp.Path
+	fastPathUp atomic.Bool
 }
 
 // Listen opens every socket that cfg asks for. The sockets are bound when it
@@ -143,9 +152,17 @@ func Listen(cfg Config) (*Server, error) {
 	if len(s.workers) == 0 {
 		return nil, errors.New("responder: no listener has workers")
 	}
+	socketMemory, fastPathMemory := 0, 0
+	if cfg.RateLimit != nil {
+		socketMemory = cfg.RateLimit.Memory
+		if cfg.FastPath != nil {
+			fastPathMemory = socketMemory / 2
+			socketMemory -= fastPathMemory
+		}
+	}
 	if cfg.RateLimit != nil {
 		// Each worker owns the records of the addresses steered to it.
-		memory := cfg.RateLimit.Memory / len(s.workers)
+		memory := socketMemory / len(s.workers)
 		if memory < minClientMemory {
 			s.close()
 			return nil, fmt.Errorf("responder: rate-limit memory of %d bytes leaves %d bytes to each of %d workers, under one slot of records (%d bytes)",
@@ -164,6 +181,13 @@ func Listen(cfg Config) (*Server, error) {
 	if err := s.attachStamper(); err != nil {
 		s.close()
 		return nil, err
+	}
+	if cfg.FastPath != nil {
+		if err := s.attachFastPath(fastPathMemory); err != nil {
+			s.close()
+			return nil, err
+		}
+		s.fastPathUp.Store(true)
 	}
 	return s, nil
 }
@@ -257,6 +281,16 @@ func (s *Server) Serve(ctx context.Context) error {
 		})
 		wg.Go(func() { s.watchDeviceStamps(ctx, cmp.Or(s.cfg.StampCheckInterval, defaultStampCheck)) })
 	}
+	if s.fastPath != nil {
+		wg.Go(func() {
+			if err := s.fastPath.Run(ctx, s.cfg.Source); err != nil {
+				// The program is detached: the sockets answer
+				// everything.
+				s.fastPathUp.Store(false)
+				s.cfg.Logger.Error("the XDP fast path is detached; the sockets answer every request", zap.Error(err))
+			}
+		})
+	}
 	for _, w := range s.workers {
 		s.running.Add(1)
 		wg.Go(func() {
@@ -289,14 +323,23 @@ func (s *Server) close() {
 		if s.stamper != nil {
 			s.stamper.Close()
 		}
+		if s.fastPath != nil {
+			s.fastPath.Close()
+		}
 	})
 }
 
-// Counters sums every worker's counters. It is safe to call at any time.
+// Counters sums every worker's counters, and the fast path's. It is safe
+// to call at any time.
 func (s *Server) Counters() Counters {
 	var c Counters
 	for _, w := range s.workers {
 		w.addTo(&c)
+	}
+	if fast, ok := s.FastPathStats(); ok {
+		for k := range c {
+			c[k] += fast.IPv4[k] + fast.IPv6[k]
+		}
 	}
 	return c
 }

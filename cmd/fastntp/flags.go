@@ -14,6 +14,7 @@ import (
 
 	"github.com/fastntp/fastntp/batch"
 	"github.com/fastntp/fastntp/responder"
+	"github.com/fastntp/fastntp/responder/xdp"
 	"github.com/fastntp/fastntp/upstream"
 )
 
@@ -38,6 +39,9 @@ type options struct {
 	// rateLimit is nil unless --ratelimit or one of its settings is given.
 	rateLimit *responder.RateLimit
 	access    []responder.AccessRule
+	// xdpDevices are the devices of the XDP fast path, none without it.
+	xdpDevices []string
+	xdpMode    xdp.Mode
 }
 
 const usageHeader = `Usage: fastntp [options]
@@ -98,6 +102,8 @@ func newFlagSet(o *options, limit *responder.RateLimit) *pflag.FlagSet {
 	fs.Var(&sizeValue{&limit.Memory}, "ratelimit-memory", "memory for the client records, in `bytes`, shared by the threads (chronyd's clientloglimit)")
 	fs.Var(&accessValue{&o.access, true}, "allow", "serve only the clients in `CIDR` and in other --allow networks; repeatable, the most specific rule wins")
 	fs.Var(&accessValue{&o.access, false}, "deny", "drop the requests of the clients in `CIDR`; repeatable, the most specific rule wins")
+	fs.StringArrayVar(&o.xdpDevices, "xdp", nil, "also answer plain requests at `device`'s driver with an XDP program, ahead of the host's firewall (repeatable; needs CAP_BPF and CAP_NET_ADMIN; the sockets answer the rest)")
+	fs.Var(&xdpModeValue{&o.xdpMode}, "xdp-mode", "how --xdp attaches: native (in the driver), generic (any device, slower), or auto (native where the driver has it)")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
 	return fs
 }
@@ -153,6 +159,17 @@ func parseFlags(args []string) (*options, error) {
 		return nil, fmt.Errorf("--send-buffer: %s is above the %s ceiling", formatSize(o.sendBuffer), formatSize(maxSocketBuffer))
 	case o.root != "" && o.user == "":
 		return nil, errors.New("-r/--root needs -u/--user: a process that stays root can leave a chroot")
+	}
+	if fs.Changed("xdp-mode") && len(o.xdpDevices) == 0 {
+		return nil, errors.New("--xdp-mode: no --xdp device to attach to")
+	}
+	for i, d := range o.xdpDevices {
+		if d == "" || strings.ContainsAny(d, "/ \t") || len(d) > 15 {
+			return nil, fmt.Errorf("--xdp: %q is not a network device name", d)
+		}
+		if slices.Contains(o.xdpDevices[:i], d) {
+			return nil, fmt.Errorf("--xdp: %s is named twice", d)
+		}
 	}
 	if on, _ := fs.GetBool("ratelimit"); on || slices.ContainsFunc(rateLimitFlags, fs.Changed) {
 		if err := checkRateLimit(limit); err != nil {
@@ -276,6 +293,21 @@ func (v *stampingValue) Set(s string) error {
 		return errors.New("want auto, device or syscall")
 	}
 	*v.s = st
+	return nil
+}
+
+// xdpModeValue is the --xdp-mode flag.
+type xdpModeValue struct{ m *xdp.Mode }
+
+func (v *xdpModeValue) String() string { return v.m.String() }
+func (v *xdpModeValue) Type() string   { return "mode" }
+
+func (v *xdpModeValue) Set(s string) error {
+	m, ok := xdp.ParseMode(s)
+	if !ok {
+		return errors.New("want auto, native or generic")
+	}
+	*v.m = m
 	return nil
 }
 

@@ -129,6 +129,7 @@ func serve(ctx context.Context, o *options, logger *zap.Logger, hup <-chan os.Si
 		RateLimit:      o.rateLimit,
 		Access:         access,
 		TransmitStamps: o.transmitStamps,
+		FastPath:       fastPath(o),
 		// The check of device stamps runs with the rate summary, or once
 		// a minute without one.
 		StampCheckInterval: o.statsInterval,
@@ -364,4 +365,12 @@ func buildVersion() string {
 		return info.Main.Version
 	}
 	return "(devel)"
+}
+
+// fastPath returns the fast path the options ask for, or nil.
+func fastPath(o *options) *responder.FastPath {
+	if len(o.xdpDevices) == 0 {
+		return nil
+	}
+	return &responder.FastPath{Devices: o.xdpDevices, Mode: o.xdpMode}
 }

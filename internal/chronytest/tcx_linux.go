@@ -105,3 +105,44 @@ func DropIngress(t testing.TB, ns, device string) {
 	}
 	t.Cleanup(func() { l.Close() })
 }
+
+// XDPPeer readies device in namespace ns, one end of a veth pair, to carry
+// requests to an XDP program on the other end and its replies back: a
+// program that passes every frame, without which the other end's XDP_TX
+// has nowhere to go (veth schedules the receiving end's NAPI only for a
+// device with an XDP program), and transmit checksums computed in full,
+// without which requests reach the program with a partial checksum that it
+// rightly passes on. If name is not empty, the program is called so, for
+// a test of what fastntp says of a device that has one. It is detached
+// when the test ends.
+func XDPPeer(t testing.TB, ns, device, name string) {
+	t.Helper()
+	const xdpPass = 2
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:         name,
+		Type:         ebpf.XDP,
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, xdpPass), asm.Return()},
+		License:      "MIT",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { prog.Close() })
+	var l link.Link
+	err = InNamespace(ns, func() error {
+		ifc, err := net.InterfaceByName(device)
+		if err != nil {
+			return err
+		}
+		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifc.Index})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("XDP program on %s: %v", device, err)
+	}
+	t.Cleanup(func() { l.Close() })
+	ethtool := Require(t, "ethtool")
+	if out, err := Command(ns, ethtool, "-K", device, "tx", "off").CombinedOutput(); err != nil {
+		t.Fatalf("ethtool -K %s tx off: %v: %s", device, err, out)
+	}
+}

@@ -24,3 +24,6 @@ func FillEgress(t testing.TB, ns, device string) { t.Skip("TCX programs need Lin
 
 // DropIngress needs Linux.
 func DropIngress(t testing.TB, ns, device string) { t.Skip("TCX programs need Linux") }
+
+// XDPPeer needs Linux.
+func XDPPeer(t testing.TB, ns, device, name string) { t.Skip("XDP programs need Linux") }

@@ -2,6 +2,7 @@ package responder
 
 import (
 	"bytes"
+	"fmt"
 	"context"
 	"encoding/binary"
 	"net"
@@ -38,7 +39,7 @@ func newFastPathRig(t *testing.T, cfg Config) *fastPathRig {
 	}
 	cfg.TransmitStamps = StampSyscall
 	fastCfg := cfg
-	fastCfg.FastPath = &FastPath{Devices: []string{r.ServerDevice}, }
+	fastCfg.FastPath = &FastPath{Devices: []string{r.ServerDevice}}
 	before := runtime.NumGoroutine()
 	err := chronytest.InNamespace(r.Server, func() error {
 		var err error
@@ -242,5 +243,89 @@ func TestFastPathDevices(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("--xdp %s: %v, want an error saying %q", tc.device, err, tc.want)
 		}
+	}
+}
+
+// TestFastPathRateLimitAgainstChronyd is TestRateLimitAgainstChronyd with
+// the fast path answering: clients polling fastntp across the rig, whose
+// program limits them, get the share of answers that clients polling a
+// chronyd with the same settings at the same rate get from it.
+func TestFastPathRateLimitAgainstChronyd(t *testing.T) {
+	const interval, burst, leak = -5, 8, 2
+	limit := 32.0
+	chronyd := chronytest.StartChronyd(t, chronytest.Options{
+		Config: []string{fmt.Sprintf("ratelimit interval %d burst %d leak %d", interval, burst, leak)},
+	})
+	r := newFastPathRig(t, Config{
+		Source:    newStaticSource(freshSnapshot()),
+		RateLimit: &RateLimit{Interval: interval, Burst: burst, Leak: leak, Memory: 1 << 20},
+	})
+	r.resolveNeighbours(t)
+	cases := []struct {
+		name    string
+		clients int
+		factor  float64
+	}{
+		{"one client under the limit", 1, 0.5},
+		{"one client at 4x", 1, 4},
+		{"one client at 8x", 1, 8},
+		{"four clients at 4x", 4, 4},
+	}
+	// Each client of the rig has an address of its own on the client
+	// side, as each of chronyd's has on the loopback.
+	fastAddr := r.fast.Addrs()[0]
+	type result struct{ fast, chrony answers }
+	results := make([][]result, len(cases))
+	var wg sync.WaitGroup
+	for i, tc := range cases {
+		results[i] = make([]result, tc.clients)
+		for c := range tc.clients {
+			local := netip.AddrFrom4([4]byte{127, 0, byte(1 + i), byte(1 + c)})
+			rigClient := netip.AddrFrom4([4]byte{198, 19, 0, byte(10 + 8*i + c)})
+			if out, err := chronytest.Command(r.Client, "ip", "address", "add", rigClient.String()+"/24", "dev", r.ClientDevice).CombinedOutput(); err != nil {
+				t.Fatalf("address %s: %v: %s", rigClient, err, out)
+			}
+			wg.Go(func() {
+				results[i][c].chrony = pollBoth(t, local, []netip.AddrPort{chronyd.Addr}, tc.factor*limit, 4*time.Second)[0]
+			})
+			wg.Go(func() {
+				err := chronytest.InNamespace(r.Client, func() error {
+					results[i][c].fast = pollBoth(t, rigClient, []netip.AddrPort{fastAddr}, tc.factor*limit, 4*time.Second)[0]
+					return nil
+				})
+				if err != nil {
+					t.Error(err)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	for i, tc := range cases {
+		var fast, chrony answers
+		for c, r := range results[i] {
+			t.Logf("%s: client %d: fastntp answered %d of %d, chronyd %d of %d", tc.name, c, r.fast.replies, r.fast.sent, r.chrony.replies, r.chrony.sent)
+			fast.sent += r.fast.sent
+			fast.replies += r.fast.replies
+			chrony.sent += r.chrony.sent
+			chrony.replies += r.chrony.replies
+		}
+		if tc.factor < 1 {
+			if fast.replies != fast.sent || chrony.replies != chrony.sent {
+				t.Errorf("%s: %d of %d and %d of %d requests answered", tc.name, fast.replies, fast.sent, chrony.replies, chrony.sent)
+			}
+			continue
+		}
+		share := func(a answers) float64 { return float64(a.replies) / float64(a.sent) }
+		if ratio := share(fast) / share(chrony); ratio < 0.8 || ratio > 1.2 {
+			t.Errorf("%s: fastntp answered %.2f times the share chronyd did", tc.name, ratio)
+		}
+	}
+	// The program did it, not the sockets.
+	stats, _ := r.fast.FastPathStats()
+	if stats.IPv4[DroppedRateLimited] == 0 || stats.IPv4[Replied] == 0 {
+		t.Errorf("the program limited nothing: %+v", stats.IPv4)
+	}
+	if c := r.fast.Counters(); c[Replied]+c[DroppedRateLimited] != c[Received] {
+		t.Errorf("counters %+v", c)
 	}
 }

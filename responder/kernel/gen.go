@@ -10,4 +10,4 @@
 //     responder/xdp).
 package kernel
 
-//go:generate go tool bpf2go -tags linux -target bpfel -output-stem xdp -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu" -type config -type served -type device -type prefix4 -type prefix6 -type record -type counter XDP xdp.c
+//go:generate go tool bpf2go -tags linux -target bpfel -output-stem xdp -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu" -type config -type served -type device -type prefix4 -type prefix6 -type record -type slot -type counter XDP xdp.c

@@ -191,7 +191,8 @@ enum counter {
 	// bytes, a version, mode or source port the socket path drops or
 	// answers otherwise).
 	PASS_REQUEST,
-	// Passed on: a bad UDP checksum, for the stack to count and drop.
+	// Passed on: a bad IPv4 header or UDP checksum, for the stack to
+	// count and drop.
 	PASS_CHECKSUM,
 	// Passed on: the clock's relation moved (a step or a new TAI offset)
 	// since the daemon last wrote it, or there is no configuration yet.
@@ -563,6 +564,15 @@ int fastntp_xdp(struct xdp_md *ctx)
 			return pass(PASS_FORM);
 		if (ip->tot_len != bpf_htons(IPV4_UDP_SIZE) || udp->len != bpf_htons(UDP_SIZE))
 			return pass(PASS_REQUEST);
+		// The stack drops a header whose checksum fails; so must the
+		// program, which passes it on for the stack to count.
+		const __u16 *half = (const void *)ip;
+		__u64 header = 0;
+#pragma unroll
+		for (int i = 0; i < sizeof(*ip) / 2; i++)
+			header += half[i];
+		if (fold_checksum(header) != 0xffff)
+			return pass(PASS_CHECKSUM);
 		sum = (__u64)ip->saddr + ip->daddr + bpf_htons(IPPROTO_UDP) + udp->len;
 		family = 0;
 		__builtin_memset(key.addr, 0, sizeof(key.addr));

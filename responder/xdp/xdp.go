@@ -131,7 +131,8 @@ const (
 	// bytes, or a version, mode or source port the socket path drops or
 	// answers otherwise).
 	PassRequest
-	// PassChecksum: a bad UDP checksum, for the stack to count and drop.
+	// PassChecksum: a bad IPv4 header or UDP checksum, for the stack to
+	// count and drop.
 	PassChecksum
 	// PassClock: the system clock was stepped or the kernel's TAI offset
 	// changed since the daemon last told the program, which then cannot

@@ -9,6 +9,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/fastntp/fastntp/internal/chronytest"
+	"github.com/fastntp/fastntp/internal/ntp"
 	"github.com/fastntp/fastntp/responder/kernel"
 	"github.com/fastntp/fastntp/upstream"
 )
@@ -208,4 +209,272 @@ func checkReplyFrame(request, reply []byte) string {
 		return "bad UDP checksum"
 	}
 	return ""
+}
+
+// reply runs the program on a v4 client request from client and returns
+// the NTP part of its reply, failing unless it replied.
+func (p *Path) reply(t testing.TB, client netip.AddrPort, req []byte) []byte {
+	t.Helper()
+	frame := buildFrame(frameSpec{from: client, to: netip.AddrPortFrom(testServer4, 123), payload: req})
+	verdict, out := p.run(t, frame)
+	if verdict != xdpTX {
+		t.Fatalf("verdict %d, want a reply", verdict)
+	}
+	if err := checkReplyFrame(frame, out); err != "" {
+		t.Fatal(err)
+	}
+	return out[len(out)-48:]
+}
+
+// TestReplyFields checks every field of the reply against the state
+// published, as responder's replyTemplate builds them: synchronized,
+// expired, unsynchronized, and around a leap second.
+func TestReplyFields(t *testing.T) {
+	withLeap := func(start time.Duration) func() *upstream.Snapshot {
+		return func() *upstream.Snapshot {
+			s := syncedSnapshot()
+			s.Leap = 1
+			s.LeapStart = time.Now().Add(start)
+			return s
+		}
+	}
+	for _, tc := range []struct {
+		name     string
+		snapshot func() *upstream.Snapshot
+		leap     uint8
+		stratum  uint8
+		synced   bool
+	}{
+		{"synchronized", syncedSnapshot, 0, 3, true},
+		{"expired", func() *upstream.Snapshot {
+			s := syncedSnapshot()
+			s.Expires = time.Now().Add(-time.Millisecond)
+			return s
+		}, 3, 0, false},
+		{"unsynchronized", func() *upstream.Snapshot { return upstream.Unsynchronized(-20, upstream.CauseNoAnswer, "test") }, 3, 0, false},
+		{"leap announced", withLeap(time.Hour), 1, 3, true},
+		{"leap in progress", withLeap(-time.Second), 3, 3, true},
+		{"leap over", withLeap(-3 * time.Second), 0, 3, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := tc.snapshot()
+			p := testPath(t, Config{MinPoll: -6}, s)
+			req := request(4, 3)
+			req[2] = 0x80 // poll -128, raised to the floor
+			before := time.Now()
+			reply := p.reply(t, netip.AddrPortFrom(testClient4, 40000), req)
+			after := time.Now()
+			if got := reply[0]; got != tc.leap<<6|4<<3|4 {
+				t.Errorf("leap, version, mode %#x, want leap %d, version 4, mode 4", got, tc.leap)
+			}
+			if reply[1] != tc.stratum {
+				t.Errorf("stratum %d, want %d", reply[1], tc.stratum)
+			}
+			if int8(reply[2]) != -6 {
+				t.Errorf("poll %d, want the floor -6", int8(reply[2]))
+			}
+			if int8(reply[3]) != s.Precision {
+				t.Errorf("precision %d, want %d", int8(reply[3]), s.Precision)
+			}
+			wantDelay, wantID, wantRef := uint32(1<<16), uint32(0), uint64(0)
+			minDispersion, maxDispersion := uint32(1<<16), uint32(1<<16)
+			if tc.synced {
+				wantDelay, wantID, wantRef = uint32(s.RootDelay), s.ReferenceID, uint64(s.ReferenceTime)
+				minDispersion, maxDispersion = uint32(s.DispersionAt(before)), uint32(s.DispersionAt(after))+1
+			}
+			if got := binary.BigEndian.Uint32(reply[4:]); got != wantDelay {
+				t.Errorf("root delay %#x, want %#x", got, wantDelay)
+			}
+			// Grown by 15 ppm of the snapshot's age, as the socket
+			// path grows it, give or take the rounding of a unit.
+			if got := binary.BigEndian.Uint32(reply[8:]); got+1 < minDispersion || got > maxDispersion {
+				t.Errorf("root dispersion %#x, want %#x to %#x", got, minDispersion, maxDispersion)
+			}
+			if got := binary.BigEndian.Uint32(reply[12:]); got != wantID {
+				t.Errorf("reference ID %#x, want %#x", got, wantID)
+			}
+			if got := binary.BigEndian.Uint64(reply[16:]); got != wantRef {
+				t.Errorf("reference time %#x, want %#x", got, wantRef)
+			}
+			if got := binary.BigEndian.Uint64(reply[24:]); got != 0xdeadbeefcafef00d {
+				t.Errorf("origin %#x, want the request's transmit stamp", got)
+			}
+			received := ntp.Time64(binary.BigEndian.Uint64(reply[32:])).Time(before)
+			transmit := ntp.Time64(binary.BigEndian.Uint64(reply[40:])).Time(before)
+			slack := time.Millisecond
+			if received.Before(before.Add(-slack)) || transmit.After(after.Add(slack)) || transmit.Before(received) {
+				t.Errorf("stamps %v and %v, want in order between %v and %v", received, transmit, before, after)
+			}
+		})
+	}
+}
+
+// TestAccessRules checks that the program applies the longest prefix that
+// holds a client, in both families, and the default where none does.
+func TestAccessRules(t *testing.T) {
+	rules := []AccessRule{
+		{netip.MustParsePrefix("198.18.0.0/15"), true},
+		{netip.MustParsePrefix("198.18.7.0/24"), false},
+		{netip.MustParsePrefix("198.18.7.7/32"), true},
+		{netip.MustParsePrefix("2001:2::/48"), true},
+		{netip.MustParsePrefix("2001:2:0:5::/64"), false},
+	}
+	for _, tc := range []struct {
+		name         string
+		defaultAllow bool
+		client       string
+		want         uint32
+	}{
+		{"allowed network", false, "198.18.1.1", xdpTX},
+		{"denied within it", false, "198.18.7.1", xdpDrop},
+		{"allowed within that", false, "198.18.7.7", xdpTX},
+		{"no rule, allow rules present", false, "203.0.113.1", xdpDrop},
+		{"no rule, default allow", true, "203.0.113.1", xdpTX},
+		{"IPv6 allowed", false, "2001:2::9", xdpTX},
+		{"IPv6 denied", false, "2001:2:0:5::9", xdpDrop},
+		{"IPv6 no rule", false, "2001:db8::1", xdpDrop},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := testPath(t, Config{Access: rules, DefaultAllow: tc.defaultAllow}, syncedSnapshot())
+			client := netip.MustParseAddr(tc.client)
+			server := testServer4
+			if client.Is6() {
+				server = testServer6
+			}
+			verdict, _ := p.run(t, buildFrame(frameSpec{from: netip.AddrPortFrom(client, 40000), to: netip.AddrPortFrom(server, 123), payload: request(4, 3)}))
+			if verdict != tc.want {
+				t.Errorf("verdict %d, want %d", verdict, tc.want)
+			}
+			c, _ := p.Counts()
+			family := c.IPv4
+			if client.Is6() {
+				family = c.IPv6
+			}
+			if (tc.want == xdpDrop) != (family.Denied == 1) || family.Received != 1 {
+				t.Errorf("counts %+v", family)
+			}
+		})
+	}
+}
+
+// TestRateLimitRecords checks the rate limit's memory: a slot of records
+// holds SlotRecords addresses, the least recently heard one makes room for
+// a new one, counted as evicted, and a client's bucket, burst and then
+// limit, holds across its requests.
+func TestRateLimitRecords(t *testing.T) {
+	limit := &RateLimit{TokensPerHit: 1 << 4, MaxTokens: 4 << 4, Leak: 4, Slots: 1, HashSeed: 1}
+	p := testPath(t, Config{RateLimit: limit}, syncedSnapshot())
+	client := func(i int) netip.AddrPort {
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 1, byte(i)}), 40000)
+	}
+	send := func(c netip.AddrPort) uint32 {
+		v, _ := p.run(t, buildFrame(frameSpec{from: c, to: netip.AddrPortFrom(testServer4, 123), payload: request(4, 3)}))
+		return v
+	}
+	// A burst of four, then mostly nothing: one in 16 leaks.
+	replies := 0
+	for range 40 {
+		if send(client(0)) == xdpTX {
+			replies++
+		}
+	}
+	if replies < 4 || replies > 12 {
+		t.Errorf("%d of 40 back-to-back requests answered with a burst of 4", replies)
+	}
+	for i := 1; i < SlotRecords; i++ {
+		send(client(i))
+	}
+	if c, _ := p.Counts(); c.IPv4.Evicted != 0 {
+		t.Fatalf("%d records evicted with room for all", c.IPv4.Evicted)
+	}
+	// A seventeenth address takes the record heard from least recently
+	// (in the records' 1/16 s ticks, all alike here), and least often:
+	// not client 0's, whose bucket stays empty.
+	send(client(SlotRecords))
+	if c, _ := p.Counts(); c.IPv4.Evicted != 1 {
+		t.Fatalf("%d records evicted, want 1", c.IPv4.Evicted)
+	}
+	replies = 0
+	for range 8 {
+		if send(client(0)) == xdpTX {
+			replies++
+		}
+	}
+	if replies > 3 {
+		t.Errorf("client 0 got %d of 8 answers: its record was forgotten", replies)
+	}
+}
+
+// TestKissOfDeath checks the RATE kiss-o'-death of a limited request.
+func TestKissOfDeath(t *testing.T) {
+	// Leak 4 and KoD 1: about half the limited requests get one.
+	limit := &RateLimit{TokensPerHit: 1 << 4, MaxTokens: 1 << 4, Leak: 4, KoD: 1, Slots: 1, HashSeed: 1}
+	p := testPath(t, Config{RateLimit: limit}, syncedSnapshot())
+	kods := 0
+	for range 64 {
+		frame := buildFrame(frameSpec{from: netip.AddrPortFrom(testClient4, 40000), to: netip.AddrPortFrom(testServer4, 123), payload: request(4, 3)})
+		verdict, out := p.run(t, frame)
+		if verdict != xdpTX {
+			continue
+		}
+		if err := checkReplyFrame(frame, out); err != "" {
+			t.Fatal(err)
+		}
+		reply := out[len(out)-48:]
+		if reply[1] != 0 {
+			continue
+		}
+		kods++
+		if reply[0]>>6 != 3 || binary.BigEndian.Uint32(reply[12:]) != 0x52415445 || binary.BigEndian.Uint64(reply[24:]) != 0xdeadbeefcafef00d {
+			t.Errorf("kiss-o'-death %x", reply)
+		}
+	}
+	c, _ := p.Counts()
+	if kods < 16 || kods > 48 || uint64(kods) != c.IPv4.KoDSent {
+		t.Errorf("%d kiss-o'-death of 64 (counted %d), want about half", kods, c.IPv4.KoDSent)
+	}
+}
+
+// TestClockGuard checks that the program stops answering, and passes
+// every request on, when the TAI clock's distance from the monotonic one
+// is not what the daemon last told it: the system clock was stepped, or
+// the TAI offset changed, and its offset may be stale.
+func TestClockGuard(t *testing.T) {
+	p := testPath(t, Config{}, syncedSnapshot())
+	frame := buildFrame(frameSpec{from: netip.AddrPortFrom(testClient4, 40000), to: netip.AddrPortFrom(testServer4, 123), payload: request(4, 3)})
+	if v, _ := p.run(t, frame); v != xdpTX {
+		t.Fatalf("verdict %d before the step", v)
+	}
+	p.mu.Lock()
+	c := p.config
+	c.Clock.TaiMinusMonoNs += int64(2 * kernel.ClockGuard)
+	err := p.objects.Configuration.Put(uint32(0), &c)
+	p.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := p.run(t, frame); v != xdpPass {
+		t.Fatalf("verdict %d after the step, want it passed on", v)
+	}
+	if counts, _ := p.Counts(); counts.Passed[PassClock] != 1 {
+		t.Errorf("passed %v", counts.Passed)
+	}
+	// The daemon's next word tells it the truth again.
+	if err := p.Publish(p.last); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := p.run(t, frame); v != xdpTX {
+		t.Fatalf("verdict %d after the refresh", v)
+	}
+}
+
+// TestLayouts checks the sizes the Go side assumes of the program's types.
+func TestLayouts(t *testing.T) {
+	if got := binary.Size(kernel.XDPRecord{}); got != RecordSize {
+		t.Errorf("a record is %d bytes, RecordSize says %d", got, RecordSize)
+	}
+	var slot kernel.XDPSlot
+	if len(slot.Records) != SlotRecords {
+		t.Errorf("a slot holds %d records, SlotRecords says %d", len(slot.Records), SlotRecords)
+	}
 }

@@ -2,9 +2,9 @@ package responder
 
 import (
 	"bytes"
-	"fmt"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
 	"runtime"

@@ -315,7 +315,7 @@ func TestRealClients(t *testing.T) {
 				"--transmit-stamps", stamps.flag, "--log-format", "json")
 			p.waitLog(`"transmit_stamps":"`+stamps.log+`"`, 5*time.Second)
 			p.waitLog("synchronized to backend", 10*time.Second)
-			queryRealClients(t, ns, ntpdig)
+			queryRealClients(t, ns, ntpdig, "127.0.0.1", "::1")
 			if code := p.stop(); code != 0 {
 				t.Errorf("exit code %d after SIGTERM", code)
 			}
@@ -339,12 +339,13 @@ func requireNtplib(t *testing.T) {
 	}
 }
 
-// queryRealClients asks fastntp on port 123 of namespace ns for the time
-// with three clients written apart from each other and from fastntp:
-// ntpdig (NTPsec, Python), python3-ntplib and chronyd -Q (C), and checks
-// what they measured. (Debian's sntp is ntpdig under another name.)
-func queryRealClients(t *testing.T, ns, ntpdig string) {
-	for _, server := range []string{"127.0.0.1", "::1"} {
+// queryRealClients asks fastntp on port 123 of the IPv4 and IPv6 servers,
+// from namespace ns, for the time with three clients written apart from
+// each other and from fastntp: ntpdig (NTPsec, Python), python3-ntplib and
+// chronyd -Q (C), and checks what they measured. (Debian's sntp is ntpdig
+// under another name.)
+func queryRealClients(t *testing.T, ns, ntpdig, server4, server6 string) {
+	for _, server := range []string{server4, server6} {
 		t.Run("ntpdig/"+server, func(t *testing.T) {
 			out, err := chronytest.Command(ns, ntpdig, "-j", "-t", "2", server).CombinedOutput()
 			if err != nil {
@@ -385,33 +386,33 @@ func queryRealClients(t *testing.T, ns, ntpdig string) {
 				t.Errorf("ntplib says %+v; want chronyd's stratum 10, no leap, version 4, mode 4, within 1 ms of half the delay", reply)
 			}
 		})
+		t.Run("chronyd -Q/"+server, func(t *testing.T) {
+			// chronyd as a one-shot client. It prints the offset it measured;
+			// its measurements log has the round trip too, half of which
+			// bounds that offset's error on a busy machine.
+			dir := t.TempDir()
+			conf := filepath.Join(dir, "client.conf")
+			if err := os.WriteFile(conf, []byte("server "+server+" iburst maxsamples 1\nlogdir "+dir+"\nlog measurements\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			out, err := chronytest.Command(ns, "chronyd", "-Q", "-u", "root", "-t", "5", "-f", conf).CombinedOutput()
+			if err != nil || !regexp.MustCompile(`System clock wrong by -?[0-9.]+ seconds`).Match(out) {
+				t.Fatalf("chronyd -Q: %v\n%s", err, out)
+			}
+			log, err := os.ReadFile(filepath.Join(dir, "measurements.log"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			offset, delay, ok := lastMeasurement(string(log))
+			if !ok {
+				t.Fatalf("no measurement in chronyd's log:\n%s", log)
+			}
+			t.Logf("chronyd -Q measured %v s, round trip %v s", offset, delay)
+			if math.Abs(offset) > 0.001+delay/2 {
+				t.Errorf("chronyd -Q measured %v s with a round trip of %v s, want within 1 ms of half the round trip", offset, delay)
+			}
+		})
 	}
-	t.Run("chronyd -Q", func(t *testing.T) {
-		// chronyd as a one-shot client. It prints the offset it measured;
-		// its measurements log has the round trip too, half of which
-		// bounds that offset's error on a busy machine.
-		dir := t.TempDir()
-		conf := filepath.Join(dir, "client.conf")
-		if err := os.WriteFile(conf, []byte("server 127.0.0.1 iburst maxsamples 1\nlogdir "+dir+"\nlog measurements\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		out, err := chronytest.Command(ns, "chronyd", "-Q", "-u", "root", "-t", "5", "-f", conf).CombinedOutput()
-		if err != nil || !regexp.MustCompile(`System clock wrong by -?[0-9.]+ seconds`).Match(out) {
-			t.Fatalf("chronyd -Q: %v\n%s", err, out)
-		}
-		log, err := os.ReadFile(filepath.Join(dir, "measurements.log"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		offset, delay, ok := lastMeasurement(string(log))
-		if !ok {
-			t.Fatalf("no measurement in chronyd's log:\n%s", log)
-		}
-		t.Logf("chronyd -Q measured %v s, round trip %v s", offset, delay)
-		if math.Abs(offset) > 0.001+delay/2 {
-			t.Errorf("chronyd -Q measured %v s with a round trip of %v s, want within 1 ms of half the round trip", offset, delay)
-		}
-	})
 }
 
 // lastMeasurement returns the offset and round trip, in seconds, of the last

@@ -18,6 +18,7 @@ import (
 
 	"github.com/fastntp/fastntp/responder"
 	"github.com/fastntp/fastntp/responder/egress"
+	"github.com/fastntp/fastntp/responder/xdp"
 	"github.com/fastntp/fastntp/upstream"
 )
 
@@ -116,11 +117,16 @@ type collector struct {
 	deviceStamped   *prometheus.Desc
 	deviceCorrected *prometheus.Desc
 	deviceUnstamped *prometheus.Desc
+	// The XDP fast path's.
+	xdpAttached *prometheus.Desc
+	xdpPassed   *prometheus.Desc
 }
 
 // workerLabels keep the cardinality at one series per worker and counter:
-// the family and the worker's number among its address's workers.
-var workerLabels = []string{"family", "worker"}
+// the family, the worker's number among its address's workers, and the
+// path: socket for the workers, xdp for the XDP fast path, whose one
+// series per family has an empty worker.
+var workerLabels = []string{"family", "worker", "path"}
 
 func newCollector(srv *responder.Server, poller *upstream.Poller) *collector {
 	c := &collector{srv: srv, poller: poller}
@@ -150,6 +156,9 @@ func newCollector(srv *responder.Server, poller *upstream.Poller) *collector {
 	c.deviceUnstamped = prometheus.NewDesc("fastntp_device_unstamped_total",
 		"Replies that reached the eBPF program and kept the stamp read before the send, by reason: clock (its clock disagreed with that stamp by more than "+
 			egress.Guard.String()+", and not by whole seconds), checksum (the UDP checksum could not be adjusted).", []string{"reason"}, nil)
+	c.xdpAttached = gauge("fastntp_xdp_attached", "1 while the XDP fast path answers at the devices of --xdp, 0 once it was detached after a failure (the sockets then answer everything); absent without --xdp.")
+	c.xdpPassed = prometheus.NewDesc("fastntp_xdp_passed_total",
+		"Frames the XDP program passed on to the kernel's stack, by reason: other (not NTP to a served address and port), form (IP options, extension headers, fragments, padding, another host's or a special address), request (not a plain 48-byte request), checksum (a bad checksum), clock (the system clock stepped or the TAI offset changed since fastntp last told the program).", []string{"reason"}, nil)
 	return c
 }
 
@@ -190,25 +199,39 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		}
 	}
 	for _, d := range []*prometheus.Desc{c.dropped, c.synced, c.leap, c.stratum, c.offset, c.delay, c.age, c.readLag, c.rootDel, c.rootDisp, c.device,
-		c.deviceStamped, c.deviceCorrected, c.deviceUnstamped} {
+		c.deviceStamped, c.deviceCorrected, c.deviceUnstamped, c.xdpAttached, c.xdpPassed} {
 		ch <- d
 	}
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	counters := func(counts *responder.Counters, family, worker, path string) {
+		for k := range responder.NumCounters {
+			v := float64(counts[k])
+			if k.IsDrop() {
+				ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, v, family, worker, path, dropReason(k))
+				continue
+			}
+			ch <- prometheus.MustNewConstMetric(c.counters[k], prometheus.CounterValue, v, family, worker, path)
+		}
+	}
 	for _, w := range c.srv.Workers() {
 		family := "ipv4"
 		if w.Address.Addr().Is6() {
 			family = "ipv6"
 		}
-		worker := strconv.Itoa(w.Index)
-		for k := range responder.NumCounters {
-			v := float64(w.Counters[k])
-			if k.IsDrop() {
-				ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, v, family, worker, dropReason(k))
-				continue
-			}
-			ch <- prometheus.MustNewConstMetric(c.counters[k], prometheus.CounterValue, v, family, worker)
+		counters(&w.Counters, family, strconv.Itoa(w.Index), "socket")
+	}
+	if fast, ok := c.srv.FastPathStats(); ok {
+		counters(&fast.IPv4, "ipv4", "", "xdp")
+		counters(&fast.IPv6, "ipv6", "", "xdp")
+		attached := 0.0
+		if fast.Attached {
+			attached = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.xdpAttached, prometheus.GaugeValue, attached)
+		for reason, n := range fast.Passed {
+			ch <- prometheus.MustNewConstMetric(c.xdpPassed, prometheus.CounterValue, float64(n), xdp.PassReason(reason).String())
 		}
 	}
 

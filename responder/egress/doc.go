@@ -21,4 +21,7 @@
 // away (see MaxCorrection); by anything else, it leaves the reply alone,
 // with user space's stamp, read microseconds earlier. Counts tells how many
 // replies it stamped, corrected and left alone.
+//
+// The program is written in C, in responder/kernel/egress.c, beside
+// fastntp's other kernel program and what the two share.
 package egress

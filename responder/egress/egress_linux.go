@@ -13,17 +13,14 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/fastntp/fastntp/responder/kernel"
 )
 
 // Available reports whether this build can stamp at the device.
 const Available = true
-
-// maxSockets bounds the sockets one Stamper serves: far more than any host
-// has cores to run workers on.
-const maxSockets = 4096
 
 // Stamper is an eBPF program attached to the egress of network devices that
 // rewrites the transmit timestamp of replies sent from its sockets.
@@ -90,55 +87,24 @@ func Attach() (*Stamper, error) {
 		devices:    make(map[int]*device),
 		refused:    make(map[int]string),
 	}
-	var err error
-	s.sockets, err = ebpf.NewMap(&ebpf.MapSpec{
-		Name:       "fastntp_socks",
-		Type:       ebpf.Hash,
-		KeySize:    8,
-		ValueSize:  1,
-		MaxEntries: maxSockets,
-	})
+	spec, err := kernel.LoadEgress()
 	if err != nil {
-		return nil, fmt.Errorf("egress: create socket map: %w", err)
+		return nil, fmt.Errorf("egress: %w", err)
 	}
-	s.offset, err = ebpf.NewMap(&ebpf.MapSpec{
-		Name:       "fastntp_tai",
-		Type:       ebpf.Array,
-		KeySize:    4,
-		ValueSize:  8,
-		MaxEntries: 1,
-	})
-	if err != nil {
-		s.Close()
-		return nil, fmt.Errorf("egress: create offset map: %w", err)
+	var objects kernel.EgressObjects
+	if err := spec.LoadAndAssign(&objects, nil); err != nil {
+		var verifierError *ebpf.VerifierError
+		if errors.As(err, &verifierError) {
+			return nil, fmt.Errorf("egress: load program: %+v", verifierError)
+		}
+		return nil, fmt.Errorf("egress: load program: %w", err)
 	}
-	s.counts, err = ebpf.NewMap(&ebpf.MapSpec{
-		Name:       "fastntp_counts",
-		Type:       ebpf.PerCPUArray,
-		KeySize:    4,
-		ValueSize:  8,
-		MaxEntries: numCounts,
-	})
-	if err != nil {
-		s.Close()
-		return nil, fmt.Errorf("egress: create count map: %w", err)
-	}
-	// The offset goes in before the program can run, so that no reply is
-	// stamped on the TAI scale.
+	s.program, s.sockets, s.offset, s.counts = objects.FastntpStamp, objects.Sockets, objects.TaiOffset, objects.StampCounts
+	// The offset goes in before the program is attached anywhere, so that
+	// no reply is stamped on the TAI scale.
 	if err := s.refreshOffset(); err != nil {
 		s.Close()
 		return nil, err
-	}
-	s.program, err = ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name:         "fastntp_stamp",
-		Type:         ebpf.SchedCLS,
-		AttachType:   ebpf.AttachTCXEgress,
-		Instructions: program(s.sockets.FD(), s.offset.FD(), s.counts.FD()),
-		License:      "Dual MIT/GPL",
-	})
-	if err != nil {
-		s.Close()
-		return nil, fmt.Errorf("egress: load program: %w", err)
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -271,6 +237,8 @@ func (s *Stamper) Counts() (Counts, error) {
 	}
 	var c Counts
 	for i, total := range []*uint64{&c.Stamped, &c.Corrected, &c.Unsure, &c.ChecksumFailed} {
+		// The fields of Counts are in the order of the program's
+		// counters, enum stamp_counter.
 		var perCPU []uint64
 		if err := s.counts.Lookup(uint32(i), &perCPU); err != nil {
 			return Counts{}, fmt.Errorf("egress: read counts: %w", err)
@@ -528,269 +496,4 @@ func (s *Stamper) Close() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// Offsets from the end of the packet. The program finds the reply from its
-// end because the headers in front of it vary: an Ethernet header or none,
-// a VLAN tag, IPv4 or IPv6 with or without options.
-const (
-	replySize       = 48
-	udpHeaderSize   = 8
-	udpLength       = udpHeaderSize + replySize // the UDP header's length field
-	udpFromEnd      = replySize + udpHeaderSize // start of the UDP header
-	checksumFromEnd = udpFromEnd - 6            // UDP checksum field
-	transmitFromEnd = 8                         // transmit timestamp, the last field
-
-	// minPacket and maxPacket bound the length of a packet that can hold
-	// a reply: at least an IPv4 header on a device without a link-layer
-	// header, and at most room for link-layer headers with VLAN tags, an
-	// IPv6 header with extension headers, or a tunnel's outer headers.
-	// Checked first, they let most other traffic pass at the cost of one
-	// load and two comparisons.
-	minPacket = 20 + udpLength
-	maxPacket = 256
-
-	// ntpEpochOffset is the number of seconds from 1900 to 1970.
-	ntpEpochOffset = 2208988800
-	// ntpModeServer and ntpModePassive are the modes of fastntp's replies,
-	// to clients and to symmetric active peers.
-	ntpModeServer  = 4
-	ntpModePassive = 2
-	// guardUnits and slackUnits are Guard and CorrectionSlack in the
-	// units of an NTP timestamp, 2^-32 s.
-	guardUnits = int64(Guard) << 32 / int64(time.Second)
-	slackUnits = int64(CorrectionSlack) << 32 / int64(time.Second)
-
-	// tcxNext lets the packet go on to the next program, or out.
-	tcxNext = -1
-	// markMangled0 (BPF_F_MARK_MANGLED_0) leaves an IPv4 checksum of 0,
-	// which means none, alone, and writes a computed 0 as 0xffff.
-	markMangled0 = 1 << 5
-)
-
-// The program's counts, the keys of its count map, in the order of the
-// fields of Counts.
-const (
-	countStamped = iota
-	countCorrected
-	countUnsure
-	countChecksumFailed
-	numCounts
-)
-
-// Stack slots of the program, below the frame pointer R10.
-const (
-	slotKey       = -8  // map keys
-	slotHeader    = -24 // UDP header and the first 8 bytes of the reply
-	slotOld       = -32 // the transmit timestamp user space wrote
-	slotNew       = -40 // the transmit timestamp the program writes
-	slotCorrected = -48 // 1 if the program corrected its reading
-)
-
-// program returns the classifier. In outline:
-//
-//	if packet length not in [minPacket, maxPacket]: pass
-//	if socket cookie not in sockets: pass
-//	if UDP length != 56 or NTP mode is not 4 (server) or 2 (passive): pass
-//	old := the transmit timestamp at len-8
-//	now := ktime_get_tai_ns() - offset
-//	new := (now/1e9 + 2208988800) << 32 | (now%1e9 << 32) / 1e9
-//	if |new - old| > Guard:
-//		k := new - old, rounded to whole seconds
-//		if |k| > MaxCorrection or |new - old - k| > CorrectionSlack: count unsure; pass
-//		new -= k; count corrected
-//	store new at len-8, adjust the UDP checksum by the difference
-//	if the checksum could not be adjusted: put old back; count failed; pass
-//	count stamped; pass
-//
-// Whatever it finds, it returns "next", so that programs attached after it
-// still run and the packet is never dropped by it.
-func program(sockets, offset, counts int) asm.Instructions {
-	insns := asm.Instructions{
-		asm.Mov.Reg(asm.R6, asm.R1), // R6: the skb
-
-		// R7: the packet's length, L2 header included.
-		asm.LoadMem(asm.R7, asm.R6, 0, asm.Word),
-		asm.JLT.Imm(asm.R7, minPacket, "pass"),
-		asm.JGT.Imm(asm.R7, maxPacket, "pass"),
-
-		// Only replies from fastntp's own sockets.
-		asm.Mov.Reg(asm.R1, asm.R6),
-		asm.FnGetSocketCookie.Call(),
-		asm.StoreMem(asm.RFP, slotKey, asm.R0, asm.DWord),
-	}
-	insns = append(insns, mapLookup(sockets)...)
-	// The UDP header and the reply's first bytes.
-	insns = append(insns, packetBytes(asm.FnSkbLoadBytes, udpFromEnd, slotHeader, 16, "pass")...)
-	insns = append(insns,
-		asm.LoadMem(asm.R1, asm.RFP, slotHeader+4, asm.Half),
-		asm.HostTo(asm.BE, asm.R1, asm.Half),
-		asm.JNE.Imm(asm.R1, udpLength, "pass"),
-		asm.LoadMem(asm.R1, asm.RFP, slotHeader+udpHeaderSize, asm.Byte),
-		asm.And.Imm(asm.R1, 7),
-		asm.JEq.Imm(asm.R1, ntpModeServer, "reply"),
-		asm.JNE.Imm(asm.R1, ntpModePassive, "pass"),
-	)
-	// The stamp user space wrote, for the guard and the checksum.
-	old := packetBytes(asm.FnSkbLoadBytes, transmitFromEnd, slotOld, 8, "pass")
-	old[0] = old[0].WithSymbol("reply")
-	insns = append(insns, old...)
-	insns = append(insns,
-		asm.StoreImm(asm.RFP, slotKey, 0, asm.Word),
-	)
-	insns = append(insns, mapLookup(offset)...)
-	insns = append(insns,
-		// R8: UTC in nanoseconds since 1970.
-		asm.LoadMem(asm.R9, asm.R0, 0, asm.DWord),
-		asm.FnKtimeGetTaiNs.Call(),
-		asm.Mov.Reg(asm.R8, asm.R0),
-		asm.Sub.Reg(asm.R8, asm.R9),
-
-		// R9: seconds since 1900; R8: nanoseconds within the second.
-		asm.Mov.Reg(asm.R9, asm.R8),
-		asm.Div.Imm(asm.R9, 1e9),
-		asm.Mov.Reg(asm.R1, asm.R9),
-		asm.Mul.Imm(asm.R1, 1e9),
-		asm.Sub.Reg(asm.R8, asm.R1),
-		asm.LoadImm(asm.R1, ntpEpochOffset, asm.DWord),
-		asm.Add.Reg(asm.R9, asm.R1),
-		// R9: the new stamp, 32.32 fixed point.
-		asm.LSh.Imm(asm.R8, 32),
-		asm.Div.Imm(asm.R8, 1e9),
-		asm.LSh.Imm(asm.R9, 32),
-		asm.Or.Reg(asm.R9, asm.R8),
-
-		// The guard. R2: new - old.
-		asm.StoreImm(asm.RFP, slotCorrected, 0, asm.Word),
-		asm.LoadMem(asm.R1, asm.RFP, slotOld, asm.DWord),
-		asm.HostTo(asm.BE, asm.R1, asm.DWord),
-		asm.Mov.Reg(asm.R2, asm.R9),
-		asm.Sub.Reg(asm.R2, asm.R1),
-		asm.Mov.Reg(asm.R3, asm.R2),
-	)
-	insns = append(insns, jumpOnRange(asm.R3, guardUnits, asm.JLE, "write")...)
-	insns = append(insns,
-		// Beyond it: R3, the difference rounded to whole seconds, must
-		// be at most MaxCorrection away, and R2, what is left, within
-		// CorrectionSlack.
-		asm.Mov.Reg(asm.R3, asm.R2),
-		asm.LoadImm(asm.R4, 1<<31, asm.DWord),
-		asm.Add.Reg(asm.R3, asm.R4),
-		asm.ArSh.Imm(asm.R3, 32),
-		asm.Mov.Reg(asm.R5, asm.R3),
-	)
-	insns = append(insns, jumpOnRange(asm.R5, MaxCorrection, asm.JGT, "unsure")...)
-	insns = append(insns,
-		asm.LSh.Imm(asm.R3, 32),
-		asm.Sub.Reg(asm.R2, asm.R3),
-	)
-	insns = append(insns, jumpOnRange(asm.R2, slackUnits, asm.JGT, "unsure")...)
-	insns = append(insns,
-		// The program's clock is that many whole seconds off: its TAI
-		// offset is stale. Taken away, the reading is right.
-		asm.Sub.Reg(asm.R9, asm.R3),
-		asm.StoreImm(asm.RFP, slotCorrected, 1, asm.Word),
-
-		// The new stamp, big-endian.
-		asm.HostTo(asm.BE, asm.R9, asm.DWord).WithSymbol("write"),
-		asm.StoreMem(asm.RFP, slotNew, asm.R9, asm.DWord),
-
-		// R8: the checksum difference.
-		asm.Mov.Reg(asm.R1, asm.RFP),
-		asm.Add.Imm(asm.R1, slotOld),
-		asm.Mov.Imm(asm.R2, 8),
-		asm.Mov.Reg(asm.R3, asm.RFP),
-		asm.Add.Imm(asm.R3, slotNew),
-		asm.Mov.Imm(asm.R4, 8),
-		asm.Mov.Imm(asm.R5, 0),
-		asm.FnCsumDiff.Call(),
-		asm.JSLT.Imm(asm.R0, 0, "failed"),
-		asm.Mov.Reg(asm.R8, asm.R0),
-	)
-	insns = append(insns, packetBytes(asm.FnSkbStoreBytes, transmitFromEnd, slotNew, 8, "failed")...)
-	insns = append(insns,
-		// The UDP checksum, adjusted by the difference.
-		asm.Mov.Reg(asm.R1, asm.R6),
-		asm.Mov.Reg(asm.R2, asm.R7),
-		asm.Sub.Imm(asm.R2, checksumFromEnd),
-		asm.Mov.Imm(asm.R3, 0),
-		asm.Mov.Reg(asm.R4, asm.R8),
-		asm.Mov.Imm(asm.R5, markMangled0),
-		asm.FnL4CsumReplace.Call(),
-		asm.JNE.Imm(asm.R0, 0, "restore"),
-	)
-	// A corrected stamp is counted as such, and as stamped.
-	insns = append(insns,
-		asm.LoadMem(asm.R1, asm.RFP, slotCorrected, asm.Word),
-		asm.JEq.Imm(asm.R1, 0, "stamped"),
-	)
-	insns = append(insns, count(counts, countCorrected, "corrected", "stamped")...)
-	insns = append(insns, count(counts, countStamped, "stamped", "pass")...)
-	// A new stamp under the old checksum would make the client drop the
-	// reply: the old stamp goes back.
-	restore := packetBytes(asm.FnSkbStoreBytes, transmitFromEnd, slotOld, 8, "failed")
-	restore[0] = restore[0].WithSymbol("restore")
-	insns = append(insns, restore...)
-	insns = append(insns, count(counts, countChecksumFailed, "failed", "pass")...)
-	insns = append(insns, count(counts, countUnsure, "unsure", "pass")...)
-	insns = append(insns,
-		asm.Mov.Imm(asm.R0, tcxNext).WithSymbol("pass"),
-		asm.Return(),
-	)
-	return insns
-}
-
-// count adds one to the count at index, in the CPU's slot of the count
-// map, and goes on at next. Its first instruction is labelled symbol.
-func count(counts int, index int32, symbol, next string) asm.Instructions {
-	insns := asm.Instructions{asm.StoreImm(asm.RFP, slotKey, int64(index), asm.Word).WithSymbol(symbol)}
-	insns = append(insns, mapLookup(counts)...)
-	return append(insns,
-		asm.Mov.Imm(asm.R1, 1),
-		asm.AddAtomic.Mem(asm.R0, asm.R1, asm.DWord, 0),
-		asm.Ja.Label(next),
-	)
-}
-
-// jumpOnRange compares the signed value in reg with the range -bound to
-// bound, and jumps to label if op says so of the comparison: JLE when the
-// value is within the range, JGT when it is beyond. One unsigned
-// comparison does: reg + bound is at most 2·bound exactly when reg is in
-// the range. It changes reg, and R4.
-func jumpOnRange(reg asm.Register, bound int64, op asm.JumpOp, label string) asm.Instructions {
-	return asm.Instructions{
-		asm.LoadImm(asm.R4, bound, asm.DWord),
-		asm.Add.Reg(reg, asm.R4),
-		asm.LoadImm(asm.R4, 2*bound, asm.DWord),
-		op.Reg(reg, asm.R4, label),
-	}
-}
-
-// mapLookup looks the key in the slotKey stack slot up in the map, leaves
-// the program if it is absent, and leaves a pointer to its value in R0.
-func mapLookup(m int) asm.Instructions {
-	return asm.Instructions{
-		asm.LoadMapPtr(asm.R1, m),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, slotKey),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "pass"),
-	}
-}
-
-// packetBytes calls bpf_skb_load_bytes or bpf_skb_store_bytes for the n
-// bytes that start fromEnd bytes before the end of the packet (its length
-// in R7) and the stack slot at slot, and jumps to onError if it fails.
-func packetBytes(fn asm.BuiltinFunc, fromEnd, slot, n int32, onError string) asm.Instructions {
-	return asm.Instructions{
-		asm.Mov.Reg(asm.R1, asm.R6),
-		asm.Mov.Reg(asm.R2, asm.R7),
-		asm.Sub.Imm(asm.R2, fromEnd),
-		asm.Mov.Reg(asm.R3, asm.RFP),
-		asm.Add.Imm(asm.R3, slot),
-		asm.Mov.Imm(asm.R4, n),
-		asm.Mov.Imm(asm.R5, 0), // store's flags; load has no fifth argument
-		fn.Call(),
-		asm.JNE.Imm(asm.R0, 0, onError),
-	}
 }

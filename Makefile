@@ -40,8 +40,12 @@ BENCH_QUOTA                  ?= 0.5
 TEST_DEPS := chrony ntpsec-ntpdig python3-ntplib iproute2 ethtool procps nftables prometheus
 # The demo needs chrony for its backend and its client (chronyd -Q).
 DEMO_DEPS := chrony
+# What the kernel programs (responder/kernel/*.c) are built with: clang and
+# llvm-strip, and libbpf's headers. Debian 12's, so that the objects
+# committed are the bytes their source builds to here and in CI.
+KERNEL_DEPS := clang llvm libbpf-dev
 
-.PHONY: all build deb deb-check demo test FORCE deps vet layering unit alerts fuzz mutants mutants-ci mutants-upstream mutants-responder mutants-batch bench bench-check bench-check-raw clean
+.PHONY: all build deb deb-check demo test FORCE deps vet layering generate generate-check unit alerts fuzz mutants mutants-ci mutants-upstream mutants-responder mutants-batch bench bench-check bench-check-raw clean
 
 all: build
 
@@ -64,11 +68,24 @@ vet: layering
 	$(GO) vet ./...
 	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod or go.sum is not tidy: run go mod tidy"; exit 1; }
 
+# generate rebuilds the kernel programs' objects and their Go bindings with
+# bpf2go (a tool of go.mod's, at its cilium/ebpf version). They are
+# committed, so that building fastntp needs no C compiler.
+generate:
+	@.ci/apt-install $(KERNEL_DEPS)
+	$(GO) generate ./responder/kernel
+
+# generate-check fails when the committed objects are not what their source
+# builds to: a source changed without make generate, or a build that is no
+# longer reproducible.
+generate-check: generate
+	@git diff --exit-code --stat -- responder/kernel || { echo "responder/kernel: the committed objects differ from what the C source builds to; run make generate and commit"; exit 1; }
+
 # layering checks that imports flow one way: the wire format and the
 # batch I/O import nothing of fastntp's above them, and the plotting library
 # reaches only the bench command, not the server's packages or their tests.
 layering:
-	@up=$$($(GO) list -deps ./internal/ntp ./batch ./upstream ./responder/egress | grep -E 'fastntp/(responder$$|bench|cmd)' || true); \
+	@up=$$($(GO) list -deps ./internal/ntp ./batch ./upstream ./responder/egress ./responder/xdp ./responder/kernel | grep -E 'fastntp/(responder$$|bench|cmd)' || true); \
 		if [ -n "$$up" ]; then echo "layering: the lower packages import $$up"; exit 1; fi
 	@plot=$$($(GO) list -deps -test ./responder/... ./upstream/... ./batch/... ./internal/... ./bench/... | grep '^gonum.org/' || true); \
 		if [ -n "$$plot" ]; then echo "layering: the plotting library reaches the server's tests: $$plot"; exit 1; fi
@@ -86,6 +103,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseAnswer$$' -fuzztime $(call fuzztime,150000x) ./upstream
 	$(GO) test -run '^$$' -fuzz '^FuzzParsers$$' -fuzztime $(call fuzztime,100000x) ./bench
 	$(GO) test -run '^$$' -fuzz '^FuzzParseNetwork$$' -fuzztime $(call fuzztime,30000x) ./cmd/fastntp
+	$(GO) test -run '^$$' -fuzz '^FuzzProgram$$' -fuzztime $(call fuzztime,50000x) ./responder/xdp
 
 # The alert rules an operator drops into Prometheus, against their tests.
 alerts:
@@ -114,7 +132,7 @@ mutants-responder:
 mutants-batch:
 	$(GREMLINS) --config .ci/gremlins/batch.yaml ./batch
 
-test: deps vet unit alerts fuzz mutants-ci deb-check
+test: deps vet generate-check unit alerts fuzz mutants-ci deb-check
 
 # deb-check builds the packages and proves them on this machine (as root):
 # lintian, then apt install, --version, the unit, the manual page, chronyd

@@ -88,6 +88,15 @@ type RawConfig struct {
 	// target's entry in the neighbour table of Interface, which the
 	// generator makes the kernel resolve if it has none.
 	NextHop net.HardwareAddr
+	// SourceMAC is the Ethernet source of the frames, where a server that
+	// answers at the link layer (fastntp --xdp swaps the addresses) sends
+	// its replies. If nil, Interface's own address.
+	SourceMAC net.HardwareAddr
+	// XDPPeer attaches to Interface, for as long as the generator runs,
+	// an XDP program that passes every frame: a veth delivers the replies
+	// an XDP program on its other end sends back (XDP_TX) only to a device
+	// with an XDP program of its own.
+	XDPPeer bool
 }
 
 // A Flooder sends paced requests to one server and accounts for every

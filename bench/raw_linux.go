@@ -4,6 +4,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"net"
 	"net/netip"
 	"sync"
@@ -54,6 +57,7 @@ type rawEngine struct {
 	addresses uint64 // clients in the source network
 	target    netip.AddrPort
 	link      *unix.SockaddrLinklayer // where flushes send, kept to allocate it once
+	peer      *xdpPeer                // the XDP program of RawConfig.XDPPeer, or nil
 
 	tx     int
 	txRing []byte
@@ -103,7 +107,11 @@ func newRawEngine(cfg FloodConfig) (*rawEngine, error) {
 			return nil, fmt.Errorf("bench: %w", err)
 		}
 	}
-	template, err := newFrameTemplate(device.HardwareAddr, nextHop, rc.SourceNetwork, target)
+	source := device.HardwareAddr
+	if rc.SourceMAC != nil {
+		source = rc.SourceMAC
+	}
+	template, err := newFrameTemplate(source, nextHop, rc.SourceNetwork, target)
 	if err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
@@ -114,6 +122,11 @@ func newRawEngine(cfg FloodConfig) (*rawEngine, error) {
 	e := &rawEngine{template: template, addresses: uint64(addresses), target: target,
 		link: &unix.SockaddrLinklayer{Protocol: htons(etherType), Ifindex: device.Index},
 		tx:   -1, rx: -1}
+	if rc.XDPPeer {
+		if e.peer, err = attachXDPPass(device.Index); err != nil {
+			return nil, fmt.Errorf("bench: XDP program on %s: %w", rc.Interface, err)
+		}
+	}
 	if err := e.openTransmit(); err != nil {
 		e.close()
 		return nil, fmt.Errorf("bench: transmit ring on %s: %w", rc.Interface, err)
@@ -442,4 +455,39 @@ func (e *rawEngine) close() {
 			unix.Close(fd)
 		}
 	}
+	if e.peer != nil {
+		e.peer.Close()
+	}
+}
+
+// xdpPeer is an XDP program that passes every frame, attached to a device.
+type xdpPeer struct {
+	program *ebpf.Program
+	link    link.Link
+}
+
+// attachXDPPass attaches a program that passes every frame to the device
+// with the given index, in the driver.
+func attachXDPPass(index int) (*xdpPeer, error) {
+	const xdpPass = 2
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:         "bench_xdp_pass",
+		Type:         ebpf.XDP,
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, xdpPass), asm.Return()},
+		License:      "MIT",
+	})
+	if err != nil {
+		return nil, err
+	}
+	l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: index, Flags: link.XDPDriverMode})
+	if err != nil {
+		prog.Close()
+		return nil, err
+	}
+	return &xdpPeer{prog, l}, nil
+}
+
+func (p *xdpPeer) Close() {
+	p.link.Close()
+	p.program.Close()
 }

@@ -181,6 +181,8 @@ type loadFlags struct {
 	timeout                time.Duration
 	// The raw-frame generator's.
 	device, sourceNetwork, nextHop string
+	sourceMAC                      string
+	xdpPeer                        bool
 	targetNetns, targetHost        string
 }
 
@@ -218,6 +220,8 @@ func defineLoadFlags(fs *pflag.FlagSet, mode string, f *loadFlags) {
 	fs.StringVar(&f.device, "interface", "", "send raw frames on this `device` from a spoofed client network, instead of through sockets (see --source-network)")
 	fs.StringVar(&f.sourceNetwork, "source-network", "", "with --interface, the clients' `prefix`, inside 198.18.0.0/15 or 2001:2::/48 (default 198.18.0.0/16, or 2001:2::/112 for an IPv6 target)")
 	fs.StringVar(&f.nextHop, "next-hop", "", "with --interface, the Ethernet `address` frames are sent to (default: the target's, from the neighbour table)")
+	fs.StringVar(&f.sourceMAC, "source-mac", "", "with --interface, the Ethernet `address` requests come from, where a server answering with XDP sends its replies (default: the device's)")
+	fs.BoolVar(&f.xdpPeer, "xdp-peer", false, "with --interface, attach an XDP program that passes every frame to the device while the bench runs: a veth delivers an XDP server's replies only to a device with one")
 	fs.StringVar(&f.targetNetns, "target-netns", "", "run started servers in this network `namespace` (a name ip netns knows): the server's side of a --interface link")
 	fs.StringVar(&f.targetHost, "target-host", "", "the `address` started servers serve on and are loaded at, {host} in their commands (default 127.0.0.1)")
 	fs.StringVar(&f.clientIO, "client-io", "portable", "clients' socket I/O: portable (x/net, one poller for all sockets) or fast (a blocking thread per socket)")
@@ -301,8 +305,14 @@ func load(ctx context.Context, mode string, args []string, stdout io.Writer) err
 				return usageError{fmt.Errorf("--next-hop %q: want an Ethernet address such as 02:00:00:00:00:01", f.nextHop)}
 			}
 		}
-	} else if f.sourceNetwork != "" || f.nextHop != "" {
-		return usageError{errors.New("--source-network and --next-hop need --interface")}
+		if f.sourceMAC != "" {
+			if flood.Raw.SourceMAC, err = net.ParseMAC(f.sourceMAC); err != nil || len(flood.Raw.SourceMAC) != 6 {
+				return usageError{fmt.Errorf("--source-mac %q: want an Ethernet address such as 02:00:00:00:00:01", f.sourceMAC)}
+			}
+		}
+		flood.Raw.XDPPeer = f.xdpPeer
+	} else if f.sourceNetwork != "" || f.nextHop != "" || f.sourceMAC != "" || f.xdpPeer {
+		return usageError{errors.New("--source-network, --next-hop, --source-mac and --xdp-peer need --interface")}
 	}
 
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)

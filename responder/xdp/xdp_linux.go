@@ -40,6 +40,8 @@ type Path struct {
 	// final holds the counts last read, and after Close, those read as
 	// the program was closed.
 	final Counts
+	// readClock reads the clock's relation; tests replace it.
+	readClock func() (kernel.Clock, error)
 }
 
 // Attach loads the program, gives it cfg, and attaches it to each of
@@ -92,7 +94,7 @@ func load(cfg Config) (*Path, error) {
 		}
 		spec.Maps[kernel.XDPMapClientSlots].MaxEntries = uint32(cfg.RateLimit.Slots)
 	}
-	p := &Path{}
+	p := &Path{readClock: kernel.ReadClock}
 	if err := spec.LoadAndAssign(&p.objects, nil); err != nil {
 		var verifierError *ebpf.VerifierError
 		if errors.As(err, &verifierError) {
@@ -204,7 +206,7 @@ func (p *Path) Devices() []Device { return p.devices }
 // present relation. The program serves it as the socket path does: until
 // s expires, with its leap-second window, unsynchronized after.
 func (p *Path) Publish(s *upstream.Snapshot) error {
-	clock, err := kernel.ReadClock()
+	clock, err := p.readClock()
 	if err != nil {
 		return fmt.Errorf("xdp: %w", err)
 	}
@@ -282,7 +284,7 @@ func (p *Path) Run(ctx context.Context, source Source) error {
 // refresh writes the configuration again if the state or the clock's
 // relation changed.
 func (p *Path) refresh(s *upstream.Snapshot) error {
-	clock, err := kernel.ReadClock()
+	clock, err := p.readClock()
 	if err != nil {
 		return fmt.Errorf("xdp: %w", err)
 	}

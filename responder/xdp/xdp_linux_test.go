@@ -1,8 +1,11 @@
 package xdp
 
 import (
+	"context"
 	"encoding/binary"
+	"errors"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -476,5 +479,37 @@ func TestLayouts(t *testing.T) {
 	var slot kernel.XDPSlot
 	if len(slot.Records) != SlotRecords {
 		t.Errorf("a slot holds %d records, SlotRecords says %d", len(slot.Records), SlotRecords)
+	}
+}
+
+type staticSource struct{ s *upstream.Snapshot }
+
+func (s staticSource) Load() *upstream.Snapshot { return s.s }
+
+// TestRunFailure checks that Run, when it can no longer tell the program
+// the clock, detaches it and says why, and that its counts outlive it.
+func TestRunFailure(t *testing.T) {
+	p := testPath(t, Config{}, syncedSnapshot())
+	frame := buildFrame(frameSpec{from: netip.AddrPortFrom(testClient4, 40000), to: netip.AddrPortFrom(testServer4, 123), payload: request(4, 3)})
+	if v, _ := p.run(t, frame); v != xdpTX {
+		t.Fatalf("verdict %d", v)
+	}
+	p.readClock = func() (kernel.Clock, error) { return kernel.Clock{}, errors.New("no clock") }
+	done := make(chan error, 1)
+	go func() { done <- p.Run(context.Background(), staticSource{syncedSnapshot()}) }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "no clock") {
+			t.Errorf("Run: %v, want the clock's error", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return")
+	}
+	c, err := p.Counts()
+	if err != nil || c.IPv4.Replied != 1 {
+		t.Errorf("counts after the detach: %+v, %v", c.IPv4, err)
+	}
+	if err := p.Publish(syncedSnapshot()); err == nil {
+		t.Error("Publish after the detach succeeded")
 	}
 }

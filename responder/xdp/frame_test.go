@@ -24,6 +24,7 @@ type frameSpec struct {
 	noChecksum bool   // a UDP checksum of zero
 	badSum     bool   // a wrong UDP checksum
 	fragment   bool   // IPv4's more-fragments flag
+	badHeader  bool   // a wrong IPv4 header checksum
 	trailer    []byte // bytes after the IP datagram
 	dstMAC     *[6]byte
 }
@@ -60,6 +61,9 @@ func buildFrame(s frameSpec) []byte {
 		copy(ip[12:], a[:])
 		copy(ip[16:], b[:])
 		binary.BigEndian.PutUint16(ip[10:], ^sum16(ip, 0))
+		if s.badHeader {
+			ip[10] ^= 0x10
+		}
 		pseudo = append(append(append([]byte{}, a[:]...), b[:]...), 0, 17, byte(len(udp)>>8), byte(len(udp)))
 		f = append(f, ip...)
 	} else {

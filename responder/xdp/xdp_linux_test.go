@@ -108,6 +108,7 @@ func TestVerdicts(t *testing.T) {
 		{"v6 no checksum", frameSpec{from: client6, to: server6, payload: request(4, 3), noChecksum: true}, xdpPass, PassChecksum},
 		{"v4 bad checksum", frameSpec{from: client4, to: server4, payload: request(4, 3), badSum: true}, xdpPass, PassChecksum},
 		{"v6 bad checksum", frameSpec{from: client6, to: server6, payload: request(4, 3), badSum: true}, xdpPass, PassChecksum},
+		{"bad IPv4 header checksum", frameSpec{from: client4, to: server4, payload: request(4, 3), badHeader: true}, xdpPass, PassChecksum},
 		{"v4 symmetric active", frameSpec{from: client4, to: server4, payload: request(4, 1)}, xdpTX, 0},
 		{"v1 mode 0", frameSpec{from: client4, to: server4, payload: request(1, 0)}, xdpTX, 0},
 		{"v1 mode 0 from port 123", frameSpec{from: netip.AddrPortFrom(testClient4, 123), to: server4, payload: request(1, 0)}, xdpPass, PassRequest},

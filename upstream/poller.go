@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -154,6 +155,9 @@ type Poller struct {
 	lastAnswer atomic.Int64 // Unix nanoseconds of the last synchronized answer, 0 before one
 	readLag    atomic.Int64 // nanoseconds the last answer waited in the socket
 
+	changedMu sync.Mutex
+	changed   chan struct{} // closed when the next Snapshot is published
+
 	// Owned by Run's goroutine.
 	lastGood *Snapshot // the last synchronized state, served until it expires
 	filter   offsetFilter
@@ -171,7 +175,7 @@ func New(cfg Config) (*Poller, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	p := &Poller{cfg: cfg, precision: measurePrecision(), interval: cfg.Interval}
+	p := &Poller{cfg: cfg, precision: measurePrecision(), interval: cfg.Interval, changed: make(chan struct{})}
 	p.current.Store(Unsynchronized(p.precision, CauseNoAnswerYet, "no answer from the backend yet"))
 	p.problem, p.reason = CauseNoAnswerYet, "no answer from the backend yet"
 	return p, nil
@@ -179,6 +183,16 @@ func New(cfg Config) (*Poller, error) {
 
 // Load returns the current Snapshot. It is never nil.
 func (p *Poller) Load() *Snapshot { return p.current.Load() }
+
+// Changed returns a channel that is closed when a Snapshot other than the
+// current one is published, for a reader that copies the state elsewhere
+// (the XDP fast path's map) instead of loading it per request. Call it
+// before Load, so that no change falls between the two unseen.
+func (p *Poller) Changed() <-chan struct{} {
+	p.changedMu.Lock()
+	defer p.changedMu.Unlock()
+	return p.changed
+}
 
 // LastAnswer returns when the backend's last synchronized answer arrived,
 // or the zero Time if none has.
@@ -352,6 +366,12 @@ func (p *Poller) update(a *answer, err error, now time.Time) {
 		}
 	}
 	prev := p.current.Swap(next)
+	if next != prev {
+		p.changedMu.Lock()
+		close(p.changed)
+		p.changed = make(chan struct{})
+		p.changedMu.Unlock()
+	}
 	p.log(prev, next, cause, reason, now)
 }
 

@@ -521,6 +521,29 @@ func TestPollerFollowsChronyd(t *testing.T) {
 	waitFor(t, 3*time.Second, "synchronized again", func() bool { return p.Load().Valid(time.Now()) })
 }
 
+// Changed is closed at every new Snapshot, and only then.
+func TestPollerChanged(t *testing.T) {
+	chronyd := chronytest.StartChronyd(t, chronytest.Options{})
+	p := startPoller(t, Config{Server: chronyd.Addr, Interval: 200 * time.Millisecond})
+	for range 3 {
+		changed := p.Changed()
+		before := p.Load()
+		select {
+		case <-changed:
+		case <-time.After(3 * time.Second):
+			t.Fatal("no change announced within 3 s of polls every 200 ms")
+		}
+		if p.Load() == before {
+			t.Error("a change announced, the same Snapshot loaded")
+		}
+		select {
+		case <-p.Changed():
+			t.Error("the next change announced before it happened")
+		default:
+		}
+	}
+}
+
 // Before its first answer, a poller serves the unsynchronized form.
 func TestPollerStartsUnsynchronized(t *testing.T) {
 	p, err := New(Config{Server: netip.MustParseAddrPort("127.0.0.1:11123")})

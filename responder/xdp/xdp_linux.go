@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -42,6 +43,8 @@ type Path struct {
 	final Counts
 	// readClock reads the clock's relation; tests replace it.
 	readClock func() (kernel.Clock, error)
+	// wakes counts Run's looks at the state and the clock.
+	wakes atomic.Uint64
 }
 
 // Attach loads the program, gives it cfg, and attaches it to each of
@@ -250,25 +253,53 @@ func (p *Path) publish(s *upstream.Snapshot, clock kernel.Clock) error {
 	return nil
 }
 
-// refreshInterval is how often Run looks for a new state and reads the
-// clock's relation. Between two looks the program's own checks hold: it
-// stops serving a state as synchronized when it expires, and passes every
-// request on to the socket path when the clock was stepped.
-const refreshInterval = 100 * time.Millisecond
+// pollInterval is how often Run looks for a new state when its Source
+// cannot tell it of changes. Between two looks the program's own checks
+// hold: it stops serving a state as synchronized when it expires, and
+// passes every request on to the socket path when the clock was stepped.
+const pollInterval = 100 * time.Millisecond
+
+// clockInterval is how often Run reads the clock's relation when nothing
+// else wakes it. A step of the clock or a new TAI offset (chronyd's
+// leapsectz at its start, an operator's adjtimex) makes the program pass
+// every request on to the sockets until Run tells it the new relation;
+// the kernel announces steps (a timerfd's TFD_TIMER_CANCEL_ON_SET) but not
+// TAI offsets, so Run looks for itself, at a cost of microseconds a
+// second.
+const clockInterval = time.Second
 
 // Source provides the state to serve; *upstream.Poller is one.
 type Source interface {
 	Load() *upstream.Snapshot
 }
 
+// changeNotifier is a Source that says when its state changes, as
+// *upstream.Poller does: Run then wakes for each change, and otherwise
+// once every clockInterval.
+type changeNotifier interface {
+	Changed() <-chan struct{}
+}
+
 // Run keeps the program's state and clock those of source and of the
-// kernel until ctx is done, then returns nil. If it cannot tell the
-// program, it detaches the program, so that the socket path answers
-// everything, and returns why.
+// kernel until ctx is done, then returns nil. It writes the program's
+// configuration on every change of source's state and of the clock's
+// relation, and at no other time. If it cannot tell the program, it
+// detaches the program, so that the socket path answers everything, and
+// returns why.
 func (p *Path) Run(ctx context.Context, source Source) error {
-	tick := time.NewTicker(refreshInterval)
+	notifier, _ := source.(changeNotifier)
+	interval := clockInterval
+	if notifier == nil {
+		interval = pollInterval
+	}
+	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
+		var changed <-chan struct{}
+		if notifier != nil {
+			changed = notifier.Changed() // before Load: no change unseen
+		}
+		p.wakes.Add(1)
 		if err := p.refresh(source.Load()); err != nil {
 			p.Close()
 			return err
@@ -276,6 +307,7 @@ func (p *Path) Run(ctx context.Context, source Source) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-changed:
 		case <-tick.C:
 		}
 	}

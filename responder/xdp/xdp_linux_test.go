@@ -34,8 +34,17 @@ type xdpContext struct {
 }
 
 // testPath loads the program for cfg, unattached, with the loopback
-// device standing for the server's, and publishes s.
+// device standing for the server's, and publishes s. The kernel's TAI
+// offset stays as it is until the test ends: a test elsewhere that changes
+// it would have the program pass requests on.
 func testPath(t testing.TB, cfg Config, s *upstream.Snapshot) *Path {
+	t.Helper()
+	chronytest.KeepTAI(t)
+	return newTestPath(t, cfg, s)
+}
+
+// newTestPath is testPath for a test that changes the TAI offset itself.
+func newTestPath(t testing.TB, cfg Config, s *upstream.Snapshot) *Path {
 	t.Helper()
 	chronytest.RequireRoot(t)
 	if cfg.Served == nil {
@@ -512,5 +521,87 @@ func TestRunFailure(t *testing.T) {
 	}
 	if err := p.Publish(syncedSnapshot()); err == nil {
 		t.Error("Publish after the detach succeeded")
+	}
+}
+
+// quietSource never changes, and says so.
+type quietSource struct{ s *upstream.Snapshot }
+
+func (q quietSource) Load() *upstream.Snapshot { return q.s }
+func (q quietSource) Changed() <-chan struct{} { return nil }
+
+// TestRunWakes checks that Run, with a source that says when it changes,
+// wakes for nothing else than the clock's check once a second: an idle
+// server costs nothing more.
+func TestRunWakes(t *testing.T) {
+	p := testPath(t, Config{}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx, quietSource{syncedSnapshot()}) }()
+	time.Sleep(clockInterval / 2)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if wakes := p.wakes.Load(); wakes != 1 {
+		t.Errorf("Run woke %d times in half a second, want once", wakes)
+	}
+}
+
+// TestTAIOffsetNoticed changes the kernel's TAI offset under a running
+// Run whose source never changes: within the clock's check it tells the
+// program, which passed every request on to the sockets meanwhile and
+// then answers with the new offset.
+func TestTAIOffsetNoticed(t *testing.T) {
+	set := chronytest.ChangeTAI(t)
+	p := newTestPath(t, Config{}, nil)
+	snapshot := syncedSnapshot()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx, quietSource{snapshot}) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	written := func() (*upstream.Snapshot, time.Duration) {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.last, time.Duration(p.config.Clock.TaiOffsetNs)
+	}
+	for deadline := time.Now().Add(time.Second); ; time.Sleep(time.Millisecond) {
+		if last, _ := written(); last == snapshot {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Run did not write the configuration")
+		}
+	}
+	start, err := kernel.ReadClock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame := buildFrame(frameSpec{from: netip.AddrPortFrom(testClient4, 40000), to: netip.AddrPortFrom(testServer4, 123), payload: request(4, 3)})
+	next := start.TAIOffset + 3*time.Second
+	set(int(next / time.Second))
+	changed := time.Now()
+	if verdict, _ := p.run(t, frame); verdict != xdpPass {
+		t.Errorf("verdict %d right after the change, want the request passed on", verdict)
+	}
+	for {
+		if _, offset := written(); offset == next {
+			break
+		}
+		if time.Since(changed) > 2*clockInterval {
+			t.Fatalf("the program still has the old TAI offset %v after it became %v", 2*clockInterval, next)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	before := time.Now()
+	verdict, out := p.run(t, frame)
+	if verdict != xdpTX {
+		t.Fatalf("verdict %d with the new offset", verdict)
+	}
+	if transmit := ntp.Time64(binary.BigEndian.Uint64(out[len(out)-8:])).Time(before); transmit.Sub(before).Abs() > 100*time.Millisecond {
+		t.Errorf("transmit stamp %v, %v from the system clock", transmit, transmit.Sub(before))
 	}
 }

@@ -262,11 +262,12 @@ const pollInterval = 100 * time.Millisecond
 // clockInterval is how often Run reads the clock's relation when nothing
 // else wakes it. A step of the clock or a new TAI offset (chronyd's
 // leapsectz at its start, an operator's adjtimex) makes the program pass
-// every request on to the sockets until Run tells it the new relation;
-// the kernel announces steps (a timerfd's TFD_TIMER_CANCEL_ON_SET) but not
-// TAI offsets, so Run looks for itself, at a cost of microseconds a
-// second.
-const clockInterval = time.Second
+// every request on to the sockets until Run tells it the new relation.
+// Run reads it at every new state, once a poll of the backend (a second,
+// by default); this is for longer poll intervals. Waking more often than
+// the poller costs an idle server more than the reading itself: each wake
+// sets the Go runtime's monitor spinning again for a while.
+const clockInterval = 10 * time.Second
 
 // Source provides the state to serve; *upstream.Poller is one.
 type Source interface {

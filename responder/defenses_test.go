@@ -91,6 +91,19 @@ func pollBoth(t *testing.T, src netip.Addr, servers []netip.AddrPort, rate float
 	return got
 }
 
+// rateLimitCases are the clients of the rate limit's comparisons with
+// chronyd: how many, each sending how many times the limit's rate.
+var rateLimitCases = []struct {
+	name    string
+	clients int
+	factor  float64
+}{
+	{"one client under the limit", 1, 0.5},
+	{"one client at 4x", 1, 4},
+	{"one client at 8x", 1, 8},
+	{"four clients at 4x", 4, 4},
+}
+
 // TestRateLimitAgainstChronyd runs chronyd and fastntp with the same
 // ratelimit settings side by side and checks that clients polling at the
 // same times get the same share of answers from both.
@@ -108,16 +121,7 @@ func TestRateLimitAgainstChronyd(t *testing.T) {
 		RateLimit: &RateLimit{Interval: interval, Burst: burst, Leak: leak, Memory: 1 << 20},
 	})
 	servers := []netip.AddrPort{srv.Addrs()[0], chronyd.Addr}
-	cases := []struct {
-		name    string
-		clients int
-		factor  float64
-	}{
-		{"one client under the limit", 1, 0.5},
-		{"one client at 4x", 1, 4},
-		{"one client at 8x", 1, 8},
-		{"four clients at 4x", 4, 4},
-	}
+	cases := rateLimitCases
 	// The cases run at once, each from its own addresses: both servers
 	// remember the addresses they have seen. Four seconds make the leak's
 	// chance a small part of the answers: the counts of the two servers

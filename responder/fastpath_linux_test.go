@@ -16,7 +16,6 @@ import (
 	"github.com/fastntp/fastntp/internal/chronytest"
 	"github.com/fastntp/fastntp/internal/ntp"
 	"github.com/fastntp/fastntp/responder/xdp"
-	"github.com/fastntp/fastntp/upstream"
 )
 
 // fastPathRig is a namespace pair whose server side runs two servers of
@@ -151,21 +150,9 @@ func sameReply(a, b []byte) string {
 // aside), and that the program answered the plain requests itself and
 // passed the rest on.
 func TestFastPathAgainstSockets(t *testing.T) {
-	chronyd := chronytest.StartChronyd(t, chronytest.Options{})
-	poller, err := upstream.New(upstream.Config{Server: chronyd.Addr, Interval: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	go poller.Run(ctx)
+	_, poller := startChronydPoller(t)
 	r := newFastPathRig(t, Config{Source: poller})
-	for deadline := time.Now().Add(5 * time.Second); !poller.Load().Valid(time.Now()); {
-		if time.Now().After(deadline) {
-			t.Fatal("fastntp did not synchronize to chronyd")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitSynchronized(t, poller)
 	plainAddrs, fastAddrs := r.plain.Addrs(), r.fast.Addrs()
 	r.resolveNeighbours(t)
 	var wantFast [2]uint64
@@ -264,16 +251,7 @@ func TestFastPathRateLimitAgainstChronyd(t *testing.T) {
 		RateLimit: &RateLimit{Interval: interval, Burst: burst, Leak: leak, Memory: 1 << 20},
 	})
 	r.resolveNeighbours(t)
-	cases := []struct {
-		name    string
-		clients int
-		factor  float64
-	}{
-		{"one client under the limit", 1, 0.5},
-		{"one client at 4x", 1, 4},
-		{"one client at 8x", 1, 8},
-		{"four clients at 4x", 4, 4},
-	}
+	cases := rateLimitCases
 	// Each client of the rig has an address of its own on the client
 	// side, as each of chronyd's has on the loopback.
 	fastAddr := r.fast.Addrs()[0]

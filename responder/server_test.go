@@ -386,10 +386,10 @@ func TestServeAllocations(t *testing.T) {
 	}
 }
 
-// TestAgainstChronyd sends every request class to a real chronyd and to
-// fastntp mirroring it, and checks that both answer the same classes, in the
-// same mode and version.
-func TestAgainstChronyd(t *testing.T) {
+// startChronydPoller starts a chronyd for the test and a poller of it,
+// polling every 200 ms until the test ends.
+func startChronydPoller(t *testing.T) (*chronytest.Chronyd, *upstream.Poller) {
+	t.Helper()
 	chronyd := chronytest.StartChronyd(t, chronytest.Options{})
 	poller, err := upstream.New(upstream.Config{Server: chronyd.Addr, Interval: 200 * time.Millisecond})
 	if err != nil {
@@ -398,13 +398,28 @@ func TestAgainstChronyd(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go poller.Run(ctx)
-	srv := startServer(t, Config{Listeners: loopbackListeners(1)[:1], Source: poller})
-	for deadline := time.Now().Add(3 * time.Second); !poller.Load().Valid(time.Now()); {
+	return chronyd, poller
+}
+
+// waitSynchronized waits until poller serves chronyd's state as
+// synchronized.
+func waitSynchronized(t *testing.T, poller *upstream.Poller) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !poller.Load().Valid(time.Now()); {
 		if time.Now().After(deadline) {
 			t.Fatal("fastntp did not synchronize to chronyd")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// TestAgainstChronyd sends every request class to a real chronyd and to
+// fastntp mirroring it, and checks that both answer the same classes, in the
+// same mode and version.
+func TestAgainstChronyd(t *testing.T) {
+	chronyd, poller := startChronydPoller(t)
+	srv := startServer(t, Config{Listeners: loopbackListeners(1)[:1], Source: poller})
+	waitSynchronized(t, poller)
 
 	type answer struct {
 		replied bool

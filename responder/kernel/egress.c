@@ -82,9 +82,7 @@ struct {
 
 static __always_inline void add_count(__u32 index)
 {
-	__u64 *n = bpf_map_lookup_elem(&stamp_counts, &index);
-	if (n)
-		__sync_fetch_and_add(n, 1);
+	count(&stamp_counts, index);
 }
 
 static __always_inline int within(__s64 v, __s64 bound)

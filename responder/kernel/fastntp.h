@@ -59,6 +59,16 @@ static __always_inline __u64 clock_unix_ns(const struct clock *c, __u64 tai, __u
 	return tai - c->tai_offset_ns;
 }
 
+// count adds one to the counter at index of a per-CPU array map. Atomic:
+// a program at a device's egress can be interrupted on its CPU by another
+// run of itself.
+static __always_inline void count(void *map, __u32 index)
+{
+	__u64 *n = bpf_map_lookup_elem(map, &index);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
 // fold_checksum folds a sum of 16-bit words into the ones' complement
 // 16-bit sum.
 static __always_inline __u16 fold_checksum(__u64 sum)

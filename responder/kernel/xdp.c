@@ -209,9 +209,7 @@ struct {
 
 static __always_inline void add_count(__u32 index)
 {
-	__u64 *n = bpf_map_lookup_elem(&counts, &index);
-	if (n)
-		*n += 1; // per CPU: no other writer
+	count(&counts, index);
 }
 
 static __always_inline int pass(__u32 reason)

@@ -257,15 +257,17 @@ bench-check-raw: build $(BIN)/ntpresp
 # first run receives the replies on CPU 0, in rig0's own NAPI thread
 # (RIG_XDP=thread), so that CPU 1 counts the serving alone: it fails when
 # fastntp's peak falls below BENCH_XDP_MIN_PEAK_VS_C of C's (it answers all
-# the generator sends here, about 3 times C's peak), or when its CPU 1 time
-# per reply exceeds BENCH_XDP_MAX_SERVING_CPU_VS_C times C's at 150,000/s
-# (measured 0.34) or C's own at 20,000/s. The second receives the replies
+# the generator sends here, 1.8 to 4 times C's peak: while the generator is
+# the limit the check is unresolved, and it bites when a regression makes
+# the program saturate first), or when its CPU 1 time per reply exceeds
+# BENCH_XDP_MAX_SERVING_CPU_VS_C times C's at 150,000/s (measured 0.26 to
+# 0.55) or C's own at 20,000/s. The second receives the replies
 # on CPU 1 right after they leave (RIG_XDP=softirq): no CPU wakes up
 # between a reply's send and its capture, so that the transmit stamps are
 # measured rather than the rig; it fails when fastntp's median error at
 # 20,000/s exceeds BENCH_XDP_MAX_TX_P50_VS_CHRONYD times chronyd's.
 BENCH_XDP_MIN_PEAK_VS_C         ?= 1.8
-BENCH_XDP_MAX_SERVING_CPU_VS_C  ?= 0.6
+BENCH_XDP_MAX_SERVING_CPU_VS_C  ?= 0.75
 BENCH_XDP_MAX_TX_P50_VS_CHRONYD ?= 1
 BENCH_XDP = --interface rig0 --xdp-peer --source-mac 02:00:00:00:00:fe \
 	--target-netns fastntp-rig-server --target-host 198.19.0.2 --bench-cpus 0 --target-cpus 1 \

@@ -80,9 +80,10 @@ struct {
 	__type(value, struct config);
 } configuration SEC(".maps");
 
-// struct served is one address and port fastntp serves. IPv4 addresses
-// are IPv4-mapped; the unspecified address of a family stands for all of
-// that family's.
+// struct served is one address and port fastntp serves, IPv4 addresses
+// IPv4-mapped. For a socket bound to a family's unspecified address the
+// loader lists the host's addresses of that family: a frame to any other
+// (another host's, routed through this one) is the stack's.
 struct served {
 	__u8 addr[16];
 	__u16 port; // network order
@@ -91,7 +92,7 @@ struct served {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 64);
+	__uint(max_entries, 1); // sized by the loader
 	__type(key, struct served);
 	__type(value, __u8);
 } served_addresses SEC(".maps");
@@ -548,11 +549,8 @@ int fastntp_xdp(struct xdp_md *ctx)
 		key.addr[11] = 0xff;
 		__builtin_memcpy(&key.addr[12], &ip->daddr, 4);
 		key.port = udp->dest;
-		if (!bpf_map_lookup_elem(&served_addresses, &key)) {
-			__builtin_memset(&key.addr[12], 0, 4);
-			if (!bpf_map_lookup_elem(&served_addresses, &key))
-				return pass(PASS_OTHER);
-		}
+		if (!bpf_map_lookup_elem(&served_addresses, &key))
+			return pass(PASS_OTHER);
 		__u32 source = bpf_ntohl(ip->saddr), dest = bpf_ntohl(ip->daddr);
 		// A datagram that does not end where the frame does (padding,
 		// or a truncated frame) is the stack's to trim or drop.
@@ -594,11 +592,8 @@ int fastntp_xdp(struct xdp_md *ctx)
 		}
 		__builtin_memcpy(key.addr, &ip->daddr, 16);
 		key.port = udp->dest;
-		if (!bpf_map_lookup_elem(&served_addresses, &key)) {
-			__builtin_memset(key.addr, 0, 16);
-			if (!bpf_map_lookup_elem(&served_addresses, &key))
-				return pass(PASS_OTHER);
-		}
+		if (!bpf_map_lookup_elem(&served_addresses, &key))
+			return pass(PASS_OTHER);
 		__u8 *source = ip->saddr.in6_u.u6_addr8;
 		__u32 *source32 = ip->saddr.in6_u.u6_addr32;
 		// Multicast, unspecified, loopback and IPv4-mapped sources are

@@ -58,7 +58,10 @@ type Config struct {
 	Mode    Mode
 	// Served lists the addresses and ports the socket path serves; the
 	// program answers requests to those alone. An unspecified address
-	// stands for every address of its family.
+	// stands for the addresses of its family that the host's devices have
+	// at Attach, loopback addresses aside: requests to an address added
+	// later go to the sockets, and one removed is answered until fastntp
+	// restarts, if frames for it still reach this host.
 	Served []netip.AddrPort
 	// Access, if not nil, decides which clients are answered, by the
 	// rule with the longest prefix that holds the client's address; a

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -87,10 +88,16 @@ func load(cfg Config) (*Path, error) {
 			rules6++
 		}
 	}
-	// Sized to what they hold: the kernel takes the memory of a
-	// preallocated map up front.
+	// Sized to what they hold: a full map refuses more, and a
+	// preallocated one takes its memory up front.
 	spec.Maps[kernel.XDPMapAccess4].MaxEntries = uint32(max(1, rules4))
 	spec.Maps[kernel.XDPMapAccess6].MaxEntries = uint32(max(1, rules6))
+	served, err := expandServed(cfg.Served)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Served = served
+	spec.Maps[kernel.XDPMapServedAddresses].MaxEntries = uint32(max(1, len(served)))
 	if cfg.RateLimit != nil {
 		if cfg.RateLimit.Slots < 1 {
 			return nil, errors.New("xdp: a rate limit without a slot of records")
@@ -110,6 +117,40 @@ func load(cfg Config) (*Path, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// expandServed replaces each unspecified address in served with the
+// addresses of its family that the calling thread's network namespace has,
+// loopback and IPv4-mapped ones aside, keeping the port.
+func expandServed(served []netip.AddrPort) ([]netip.AddrPort, error) {
+	var expanded []netip.AddrPort
+	var host []netip.Addr
+	for _, a := range served {
+		if !a.Addr().IsUnspecified() {
+			expanded = append(expanded, netip.AddrPortFrom(a.Addr().Unmap(), a.Port()))
+			continue
+		}
+		if host == nil {
+			addrs, err := net.InterfaceAddrs()
+			if err != nil {
+				return nil, fmt.Errorf("xdp: list the host's addresses: %w", err)
+			}
+			for _, addr := range addrs {
+				if prefix, err := netip.ParsePrefix(addr.String()); err == nil && !prefix.Addr().IsLoopback() {
+					host = append(host, prefix.Addr())
+				}
+			}
+		}
+		for _, h := range host {
+			if h.Is4() == a.Addr().Unmap().Is4() && !h.Is4In6() {
+				expanded = append(expanded, netip.AddrPortFrom(h.WithZone(""), a.Port()))
+			}
+		}
+	}
+	if len(expanded) == 0 {
+		return nil, errors.New("xdp: no address to serve")
+	}
+	return expanded, nil
 }
 
 // configure fills the program's maps, before it is attached anywhere.

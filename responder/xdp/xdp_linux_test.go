@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -633,5 +634,51 @@ func TestTAIOffsetNoticed(t *testing.T) {
 	}
 	if transmit := ntp.Time64(binary.BigEndian.Uint64(out[len(out)-8:])).Time(before); transmit.Sub(before).Abs() > 100*time.Millisecond {
 		t.Errorf("transmit stamp %v, %v from the system clock", transmit, transmit.Sub(before))
+	}
+}
+
+// TestServedWildcard checks that a socket bound to a family's unspecified
+// address has the program answer requests to the addresses the namespace
+// has, and pass on those to any other (another host's, routed through
+// this one) and to loopback addresses, as the stack would.
+func TestServedWildcard(t *testing.T) {
+	chronytest.KeepTAI(t)
+	ns := chronytest.Namespace(t)
+	for _, args := range [][]string{
+		{"ip", "link", "add", "srv0", "type", "veth", "peer", "name", "srv1"},
+		{"ip", "address", "add", "198.19.0.2/24", "dev", "srv0"},
+		{"ip", "link", "set", "srv0", "up"},
+	} {
+		if out, err := chronytest.Command(ns, args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v: %s", args, err, out)
+		}
+	}
+	err := chronytest.InNamespace(ns, func() error {
+		served, err := expandServed([]netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:123")})
+		if err != nil {
+			return err
+		}
+		if want := []netip.AddrPort{netip.AddrPortFrom(testServer4, 123)}; !slices.Equal(served, want) {
+			t.Errorf("served %v, want %v", served, want)
+		}
+		p := newTestPath(t, Config{Served: []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:123")}}, syncedSnapshot())
+		for _, tc := range []struct {
+			to   string
+			want uint32
+		}{
+			{"198.19.0.2:123", xdpTX},
+			{"198.19.0.3:123", xdpPass},
+			{"127.0.0.1:123", xdpPass},
+			{"198.19.0.2:124", xdpPass},
+		} {
+			frame := buildFrame(frameSpec{from: netip.AddrPortFrom(testClient4, 40000), to: netip.MustParseAddrPort(tc.to), payload: request(4, 3)})
+			if verdict, _ := p.run(t, frame); verdict != tc.want {
+				t.Errorf("to %s: verdict %d, want %d", tc.to, verdict, tc.want)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

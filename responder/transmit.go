@@ -142,16 +142,23 @@ type costRing struct {
 	median time.Duration
 }
 
-// initialCost is the predicted cost of one message before a call of its
-// size was measured.
+// initialCost is the predicted cost of one message before enough calls
+// of its size were measured.
 const initialCost = time.Microsecond
+
+// minCalls is how many calls of a size must have been measured before
+// their median predicts: with one or two, a single call that an interrupt
+// or the scheduler stretched is the median, and a worker's first replies
+// (a client's only ones, on a quiet server) were stamped up to 1.3 ms
+// after they left.
+const minCalls = 3
 
 // perMessage returns the predicted spacing of the messages of a call that
 // sends n: the call's duration split into n+1 equal parts, one per message
 // and one for entering and leaving the kernel, which happen before the
 // first message leaves and after the last.
 func (c *sendCosts) perMessage(n int) time.Duration {
-	if r := &c.bySize[n]; r.n > 0 {
+	if r := &c.bySize[n]; r.n >= minCalls {
 		return r.median / time.Duration(n+1)
 	}
 	return initialCost
@@ -169,7 +176,9 @@ func (c *sendCosts) observe(n int, d time.Duration) {
 	sorted := r.recent // a copy: the ring keeps its order
 	s := sorted[:r.n]
 	slices.Sort(s)
-	r.median = s[len(s)/2]
+	// The lower median of an even count: a stamp predicted too early is
+	// no worse than one too late, and stretched calls are the outliers.
+	r.median = s[(len(s)-1)/2]
 }
 
 // sendReplies stamps and sends the first count messages of w.msgs and

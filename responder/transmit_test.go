@@ -42,9 +42,36 @@ func TestSendCosts(t *testing.T) {
 		t.Errorf("invalid observations were kept: %v", got)
 	}
 	// The largest chunk is measured too.
-	c.observe(largeChunk, 34*time.Microsecond)
+	for range minCalls {
+		c.observe(largeChunk, 34*time.Microsecond)
+	}
 	if got := c.perMessage(largeChunk); got != 2*time.Microsecond {
 		t.Errorf("spacing in calls of %d: %v, want 34µs/17", largeChunk, got)
+	}
+}
+
+// A size's first calls, one of them stretched, predict nothing until a
+// third shows which is the outlier: the stretched one alone, or the
+// larger of two, used to be the prediction, and stamped a worker's first
+// replies milliseconds after they left.
+func TestSendCostsFirstCalls(t *testing.T) {
+	var c sendCosts
+	c.observe(1, 2600*time.Microsecond)
+	if got := c.perMessage(1); got != initialCost {
+		t.Errorf("after one stretched call: %v, want %v", got, initialCost)
+	}
+	c.observe(1, 3*time.Microsecond)
+	if got := c.perMessage(1); got != initialCost {
+		t.Errorf("after two calls: %v, want %v", got, initialCost)
+	}
+	c.observe(1, 3*time.Microsecond)
+	if got := c.perMessage(1); got != 1500*time.Nanosecond {
+		t.Errorf("after three calls: %v, want 3µs/2, the stretched call ignored", got)
+	}
+	// Four calls, two stretched: the lower of the middle two.
+	c.observe(1, 2600*time.Microsecond)
+	if got := c.perMessage(1); got != 1500*time.Nanosecond {
+		t.Errorf("after four calls, two stretched: %v, want 3µs/2", got)
 	}
 }
 
@@ -80,8 +107,11 @@ func TestSendRepliesSpacing(t *testing.T) {
 	conn := &timedConn{}
 	w := newWorker(conn, Config{BatchSize: 64, Source: newStaticSource(freshSnapshot()), Logger: nopLogger})
 	w.template.prepare(freshSnapshot(), time.Now())
-	// A predicted 0.8 ms between the messages of a call of 4.
-	w.sendCosts.observe(smallChunk, 4*time.Millisecond)
+	// A predicted 0.8 ms between the messages of a call of 4: enough
+	// calls that the two fast ones made now do not outvote them.
+	for range minCalls + 1 {
+		w.sendCosts.observe(smallChunk, 4*time.Millisecond)
+	}
 	for i := range w.msgs[:8] {
 		w.msgs[i].N = ntp.HeaderSize
 		w.msgs[i].Peer = netip.MustParseAddrPort("192.0.2.1:123")
@@ -106,8 +136,8 @@ func TestSendRepliesSpacing(t *testing.T) {
 		}
 		notBefore = conn.left[call]
 	}
-	if n := w.sendCosts.bySize[smallChunk].n; n != 3 {
-		t.Errorf("%d calls of %d measured, want 3 (one before, two now)", n, smallChunk)
+	if n := w.sendCosts.bySize[smallChunk].n; n != minCalls+3 {
+		t.Errorf("%d calls of %d measured, want %d (%d before, two now)", n, smallChunk, minCalls+3, minCalls+1)
 	}
 }
 

@@ -53,18 +53,25 @@ func leapWindowStart(leap uint8, taken time.Time) time.Time {
 	return taken.Add(applied.Sub(taken) - leapWindowLead)
 }
 
+// LeapWindow returns when the leap second that the snapshot announces
+// goes into progress and when it is over: LeapAt serves leap 3 from start
+// until end. Both are zero if none is announced.
+func (s *Snapshot) LeapWindow() (start, end time.Time) {
+	if s.LeapStart.IsZero() {
+		return time.Time{}, time.Time{}
+	}
+	return s.LeapStart, s.LeapStart.Add(leapWindowLength)
+}
+
 // LeapAt returns the leap indicator to serve at now, a reading of the system
 // clock: the backend's announcement before its leap second, leap 3 while the
 // second is applied, and leap 0 once it is over.
 func (s *Snapshot) LeapAt(now time.Time) uint8 {
-	if s.LeapStart.IsZero() {
+	start, end := s.LeapWindow()
+	switch {
+	case start.IsZero() || now.Before(start):
 		return s.Leap
-	}
-	d := now.Sub(s.LeapStart)
-	if d < 0 {
-		return s.Leap
-	}
-	if d < leapWindowLength {
+	case now.Before(end):
 		return ntp.LeapUnsynchronized
 	}
 	return ntp.LeapNone

@@ -91,6 +91,17 @@ func Attach() (*Stamper, error) {
 	if err != nil {
 		return nil, fmt.Errorf("egress: %w", err)
 	}
+	// The guard and the correction's bounds, in the units the program
+	// compares: NTP timestamp units (2^-32 s) and seconds.
+	for name, v := range map[string]int64{
+		kernel.EgressVarGuardUnits:    int64(Guard) << 32 / int64(time.Second),
+		kernel.EgressVarMaxCorrection: MaxCorrection,
+		kernel.EgressVarSlackUnits:    int64(CorrectionSlack) << 32 / int64(time.Second),
+	} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return nil, fmt.Errorf("egress: set %s: %w", name, err)
+		}
+	}
 	var objects kernel.EgressObjects
 	if err := spec.LoadAndAssign(&objects, nil); err != nil {
 		var verifierError *ebpf.VerifierError

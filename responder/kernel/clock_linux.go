@@ -19,7 +19,8 @@ type Clock struct {
 }
 
 // ClockGuard is how far a program lets TAIMinusMonotonic move before it
-// stops trusting the offset (CLOCK_GUARD_NS of fastntp.h).
+// stops trusting the offset; the loader sets the program's clock_guard_ns
+// from it.
 const ClockGuard = 20 * time.Microsecond
 
 // maxReadSpread bounds the time between the two monotonic readings that

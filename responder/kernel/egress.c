@@ -9,7 +9,7 @@
 // (server or passive mode) at its end, it reads the kernel's TAI clock less
 // the TAI offset user space gave it, and writes that as the transmit
 // timestamp, adjusting the UDP checksum. The stamp user space wrote before
-// the send is the guard: a reading further from it than GUARD is either
+// the send is the guard: a reading further from it than guard_units is either
 // off by whole seconds, an outdated TAI offset, and corrected, or left
 // unwritten. Whatever it finds, it lets the packet go on (TCX_NEXT), so
 // that programs attached after it still run and it never drops a packet.
@@ -43,10 +43,13 @@
 
 // The guard (egress.Guard), the most whole seconds corrected
 // (egress.MaxCorrection) and the slack of a correction
-// (egress.CorrectionSlack), in units of an NTP timestamp, 2^-32 s.
-#define GUARD_UNITS ((500000000LL << 32) / 1000000000LL)
-#define MAX_CORRECTION 64
-#define SLACK_UNITS ((100000000LL << 32) / 1000000000LL)
+// (egress.CorrectionSlack), in units of an NTP timestamp (2^-32 s) and in
+// seconds. The loader sets them from those constants before the program
+// is loaded: they are read-only then, and the verifier folds them in as
+// numbers.
+volatile const __s64 guard_units;
+volatile const __s64 max_correction;
+volatile const __s64 slack_units;
 
 // The sockets whose replies are stamped, by cookie; the value is unused.
 struct {
@@ -119,13 +122,13 @@ int fastntp_stamp(struct __sk_buff *skb)
 
 	int corrected = 0;
 	__s64 difference = (__s64)(stamp - bpf_be64_to_cpu(old));
-	if (!within(difference, GUARD_UNITS)) {
+	if (!within(difference, guard_units)) {
 		// Beyond it: the difference rounded to whole seconds must be at
-		// most MAX_CORRECTION, and what is left within the slack. The
+		// most max_correction, and what is left within the slack. The
 		// program's clock is then that many whole seconds off: its TAI
 		// offset is stale, and taken away, the reading is right.
 		__s64 seconds = (difference + (1LL << 31)) >> 32;
-		if (!within(seconds, MAX_CORRECTION) || !within(difference - (seconds << 32), SLACK_UNITS)) {
+		if (!within(seconds, max_correction) || !within(difference - (seconds << 32), slack_units)) {
 			add_count(UNSURE);
 			return TCX_NEXT;
 		}

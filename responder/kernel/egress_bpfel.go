@@ -30,6 +30,9 @@ const (
 	EgressMapStampCounts   = "stamp_counts"
 	EgressMapTaiOffset     = "tai_offset"
 	EgressProgFastntpStamp = "fastntp_stamp"
+	EgressVarGuardUnits    = "guard_units"
+	EgressVarMaxCorrection = "max_correction"
+	EgressVarSlackUnits    = "slack_units"
 )
 
 // LoadEgress returns the embedded CollectionSpec for Egress.
@@ -90,6 +93,9 @@ type EgressMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type EgressVariableSpecs struct {
+	GuardUnits    *ebpf.VariableSpec `ebpf:"guard_units"`
+	MaxCorrection *ebpf.VariableSpec `ebpf:"max_correction"`
+	SlackUnits    *ebpf.VariableSpec `ebpf:"slack_units"`
 }
 
 // EgressObjects contains all objects after they have been loaded into the kernel.
@@ -129,6 +135,9 @@ func (m *EgressMaps) Close() error {
 //
 // It can be passed to LoadEgressObjects or ebpf.CollectionSpec.LoadAndAssign.
 type EgressVariables struct {
+	GuardUnits    *ebpf.Variable `ebpf:"guard_units"`
+	MaxCorrection *ebpf.Variable `ebpf:"max_correction"`
+	SlackUnits    *ebpf.Variable `ebpf:"slack_units"`
 }
 
 // EgressPrograms contains all programs after they have been loaded into the kernel.

@@ -38,23 +38,19 @@ static __always_inline __u64 ntp_time(__u64 unix_ns)
 // less CLOCK_MONOTONIC when it did. The two clocks run at one rate, so their
 // difference moves only when the system clock is stepped or the TAI offset
 // changes (at a leap second, or by adjtimex): a program that finds it moved
-// by more than CLOCK_GUARD_NS knows its offset may be stale.
+// by more than its guard knows its offset may be stale.
 struct clock {
 	__s64 tai_offset_ns;
 	__s64 tai_minus_mono_ns;
 };
 
-// CLOCK_GUARD_NS bounds how far the two clocks' difference may move before
-// a program stops trusting its offset: far above the jitter of reading two
-// clocks back to back, far below any step worth making.
-#define CLOCK_GUARD_NS 20000
-
 // clock_unix_ns returns the system clock in nanoseconds, or 0 if the TAI
-// clock's relation to the monotonic clock has moved since c was written.
-static __always_inline __u64 clock_unix_ns(const struct clock *c, __u64 tai, __u64 mono)
+// clock's relation to the monotonic clock has moved by more than guard_ns
+// (kernel.ClockGuard) since c was written.
+static __always_inline __u64 clock_unix_ns(const struct clock *c, __u64 tai, __u64 mono, __s64 guard_ns)
 {
 	__s64 moved = (__s64)(tai - mono) - c->tai_minus_mono_ns;
-	if (moved > CLOCK_GUARD_NS || moved < -CLOCK_GUARD_NS)
+	if (moved > guard_ns || moved < -guard_ns)
 		return 0;
 	return tai - c->tai_offset_ns;
 }

@@ -36,8 +36,10 @@ struct config {
 	// not synchronized. A daemon that hangs can keep nothing alive.
 	__u64 expires_mono_ns;
 	// leap_start_mono_ns is when the announced leap second goes into
-	// progress (0 if none): leap 3 for LEAP_WINDOW_NS from then, then 0.
+	// progress (0 if none): leap 3 from then until leap_end_mono_ns, then
+	// 0.
 	__u64 leap_start_mono_ns;
+	__u64 leap_end_mono_ns;
 	// taken_mono_ns is when root_dispersion was measured; the dispersion
 	// served grows from it by 15 ppm of the time since.
 	__u64 taken_mono_ns;
@@ -70,7 +72,9 @@ struct config {
 	__u64 hash_seed;
 };
 
-#define LEAP_WINDOW_NS (2 * NSEC_PER_SEC)
+// clock_guard_ns is kernel.ClockGuard, set by the loader before the
+// program is loaded: read-only, the verifier folds it in as a number.
+volatile const __s64 clock_guard_ns;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -425,7 +429,7 @@ static __always_inline int answer(const struct config *cfg, __u8 *ntp, __u64 rec
 	if (mono < cfg->expires_mono_ns) {
 		leap = cfg->leap;
 		if (cfg->leap_start_mono_ns && mono >= cfg->leap_start_mono_ns)
-			leap = mono - cfg->leap_start_mono_ns < LEAP_WINDOW_NS ? NTP_LEAP_UNSYNCHRONIZED : 0;
+			leap = mono < cfg->leap_end_mono_ns ? NTP_LEAP_UNSYNCHRONIZED : 0;
 		stratum = cfg->stratum;
 		root_delay = cfg->root_delay;
 		reference_id = cfg->reference_id;
@@ -631,7 +635,7 @@ int fastntp_xdp(struct xdp_md *ctx)
 		return pass(PASS_FORM);
 	if (udp->check != 0 && fold_checksum(sum + udp_sum(udp)) != 0xffff)
 		return pass(PASS_CHECKSUM);
-	__u64 received = clock_unix_ns(&cfg->clock, tai, mono);
+	__u64 received = clock_unix_ns(&cfg->clock, tai, mono, clock_guard_ns);
 	if (!received)
 		return pass(PASS_CLOCK);
 

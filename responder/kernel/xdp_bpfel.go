@@ -22,6 +22,7 @@ type XDPConfig struct {
 	}
 	ExpiresMonoNs     uint64
 	LeapStartMonoNs   uint64
+	LeapEndMonoNs     uint64
 	TakenMonoNs       uint64
 	ReferenceTime     uint64
 	ReferenceId       uint32
@@ -122,6 +123,7 @@ const (
 	XDPMapDeviceAddresses = "device_addresses"
 	XDPMapServedAddresses = "served_addresses"
 	XDPProgFastntpXdp     = "fastntp_xdp"
+	XDPVarClockGuardNs    = "clock_guard_ns"
 )
 
 // LoadXDP returns the embedded CollectionSpec for XDP.
@@ -186,6 +188,7 @@ type XDPMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type XDPVariableSpecs struct {
+	ClockGuardNs *ebpf.VariableSpec `ebpf:"clock_guard_ns"`
 }
 
 // XDPObjects contains all objects after they have been loaded into the kernel.
@@ -233,6 +236,7 @@ func (m *XDPMaps) Close() error {
 //
 // It can be passed to LoadXDPObjects or ebpf.CollectionSpec.LoadAndAssign.
 type XDPVariables struct {
+	ClockGuardNs *ebpf.Variable `ebpf:"clock_guard_ns"`
 }
 
 // XDPPrograms contains all programs after they have been loaded into the kernel.

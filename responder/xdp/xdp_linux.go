@@ -104,6 +104,9 @@ func load(cfg Config) (*Path, error) {
 		}
 		spec.Maps[kernel.XDPMapClientSlots].MaxEntries = uint32(cfg.RateLimit.Slots)
 	}
+	if err := spec.Variables[kernel.XDPVarClockGuardNs].Set(int64(kernel.ClockGuard)); err != nil {
+		return nil, fmt.Errorf("xdp: set the clock guard: %w", err)
+	}
 	p := &Path{readClock: kernel.ReadClock}
 	if err := spec.LoadAndAssign(&p.objects, nil); err != nil {
 		var verifierError *ebpf.VerifierError
@@ -274,11 +277,11 @@ func (p *Path) publish(s *upstream.Snapshot, clock kernel.Clock) error {
 	c.Clock.TaiOffsetNs = int64(clock.TAIOffset)
 	c.Clock.TaiMinusMonoNs = int64(clock.TAIMinusMonotonic)
 	c.Precision = s.Precision
-	c.ExpiresMonoNs, c.LeapStartMonoNs = 0, 0
+	c.ExpiresMonoNs, c.LeapStartMonoNs, c.LeapEndMonoNs = 0, 0, 0
 	if s.Synchronized {
 		c.ExpiresMonoNs = onMonotonic(s.Expires)
-		if !s.LeapStart.IsZero() {
-			c.LeapStartMonoNs = onMonotonic(s.LeapStart)
+		if start, end := s.LeapWindow(); !start.IsZero() {
+			c.LeapStartMonoNs, c.LeapEndMonoNs = onMonotonic(start), onMonotonic(end)
 		}
 	}
 	c.TakenMonoNs = onMonotonic(s.Taken)

@@ -26,8 +26,8 @@ type FastPath struct {
 // program passed on to the kernel's stack, by reason; those that reach a
 // socket are counted again there.
 type FastPathStats struct {
-	// Attached is false once the program was detached after a failure;
-	// the counts are then those it had.
+	// Attached is false once the program was detached, after a failure
+	// or as the server stopped; the counts are then those it had.
 	Attached   bool
 	Devices    []xdp.Device
 	IPv4, IPv6 Counters
@@ -87,7 +87,7 @@ func (s *Server) FastPathStats() (FastPathStats, bool) {
 	}
 	// A failed read gives the counts last read: never fewer.
 	c, _ := s.fastPath.Counts()
-	stats := FastPathStats{Attached: s.fastPathUp.Load(), Devices: s.fastPath.Devices(), Passed: c.Passed}
+	stats := FastPathStats{Attached: s.fastPath.Attached(), Devices: s.fastPath.Devices(), Passed: c.Passed}
 	for _, f := range []struct {
 		from *xdp.FamilyCounts
 		to   *Counters

@@ -104,10 +104,8 @@ type Server struct {
 	// nil; deviceStamps says whether it is attached.
 	stamper      *egress.Stamper
 	deviceStamps atomic.Bool
-	// fastPath is the XDP program, or nil; fastPathUp says whether it is
-	// attached.
-	fastPath   *xdp.Path
-	fastPathUp atomic.Bool
+	// fastPath is the XDP program, or nil.
+	fastPath *xdp.Path
 }
 
 // Listen opens every socket that cfg asks for. The sockets are bound when it
@@ -187,7 +185,6 @@ func Listen(cfg Config) (*Server, error) {
 			s.close()
 			return nil, err
 		}
-		s.fastPathUp.Store(true)
 	}
 	return s, nil
 }
@@ -286,7 +283,6 @@ func (s *Server) Serve(ctx context.Context) error {
 			if err := s.fastPath.Run(ctx, s.cfg.Source); err != nil {
 				// The program is detached: the sockets answer
 				// everything.
-				s.fastPathUp.Store(false)
 				s.cfg.Logger.Error("the XDP fast path is detached; the sockets answer every request", zap.Error(err))
 			}
 		})

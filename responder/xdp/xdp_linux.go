@@ -158,9 +158,6 @@ func expandServed(served []netip.AddrPort) ([]netip.AddrPort, error) {
 
 // configure fills the program's maps, before it is attached anywhere.
 func (p *Path) configure(cfg Config) error {
-	if len(cfg.Served) == 0 {
-		return errors.New("xdp: no served address")
-	}
 	for _, a := range cfg.Served {
 		key := kernel.XDPServed{Addr: a.Addr().As16(), Port: htons(a.Port())}
 		if err := p.objects.ServedAddresses.Put(key, uint8(1)); err != nil {
@@ -243,6 +240,14 @@ func (p *Path) attach(name string, mode Mode) (Device, error) {
 	}
 	p.links = append(p.links, l)
 	return Device{Name: name, Mode: mode}, nil
+}
+
+// Attached reports whether the program is still attached: Close, or a
+// failure of Run, detaches it.
+func (p *Path) Attached() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return !p.closed
 }
 
 // Devices returns the devices the program is attached to, in the order of

@@ -517,6 +517,9 @@ func TestRunFailure(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not return")
 	}
+	if p.Attached() {
+		t.Error("still attached after Run failed")
+	}
 	c, err := p.Counts()
 	if err != nil || c.IPv4.Replied != 1 {
 		t.Errorf("counts after the detach: %+v, %v", c.IPv4, err)

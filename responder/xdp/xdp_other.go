@@ -32,6 +32,9 @@ var errUnsupported = errors.New("xdp: the fast path needs Linux")
 // Attach fails: XDP is Linux's.
 func Attach(Config) (*Path, error) { return nil, errUnsupported }
 
+// Attached reports false.
+func (p *Path) Attached() bool { return false }
+
 // Devices returns nothing.
 func (p *Path) Devices() []Device { return nil }
 

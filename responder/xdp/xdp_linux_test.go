@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -683,5 +684,61 @@ func TestServedWildcard(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestAttachModes attaches to a device whose driver has no XDP of its own
+// (a bridge): auto falls back to the generic path, native is refused, and
+// the program is gone from the device once closed.
+func TestAttachModes(t *testing.T) {
+	ns := chronytest.Namespace(t)
+	for _, args := range [][]string{
+		{"ip", "link", "add", "br0", "type", "bridge"},
+		{"ip", "link", "set", "br0", "up"},
+	} {
+		if out, err := chronytest.Command(ns, args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v: %s", args, err, out)
+		}
+	}
+	attach := func(mode Mode) (*Path, error) {
+		var p *Path
+		err := chronytest.InNamespace(ns, func() error {
+			var err error
+			p, err = Attach(Config{Devices: []string{"br0"}, Mode: mode, Served: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:123")}})
+			return err
+		})
+		return p, err
+	}
+	if _, err := attach(ModeNative); err == nil || !strings.Contains(err.Error(), "native mode") {
+		t.Errorf("native mode on a bridge: %v, want a refusal", err)
+	}
+	p, err := attach(ModeAuto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := p.Devices(); len(d) != 1 || d[0].Mode != ModeGeneric {
+		t.Errorf("auto mode attached as %v, want generic", d)
+	}
+	var id uint32
+	chronytest.InNamespace(ns, func() error {
+		ifc, err := net.InterfaceByName("br0")
+		if err == nil {
+			id, err = attachedProgram(ifc.Index)
+		}
+		return err
+	})
+	if id == 0 {
+		t.Error("no XDP program on br0 after Attach")
+	}
+	p.Close()
+	chronytest.InNamespace(ns, func() error {
+		ifc, err := net.InterfaceByName("br0")
+		if err == nil {
+			id, err = attachedProgram(ifc.Index)
+		}
+		return err
+	})
+	if id != 0 {
+		t.Errorf("program %d still on br0 after Close", id)
 	}
 }

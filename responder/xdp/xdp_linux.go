@@ -52,9 +52,9 @@ type Path struct {
 // cfg.Devices through a BPF link, which the kernel removes when the
 // process exits, however it exits. Until Publish or Run gives it a state,
 // the program's replies are unsynchronized. It needs CAP_BPF and
-// CAP_NET_ADMIN, and Linux 6.1 or later. A device that already has an XDP
-// program is an error that names the program: fastntp never replaces
-// another's.
+// CAP_NET_ADMIN, and a kernel with bpf_ktime_get_tai_ns (Linux 6.1). A
+// device that already has an XDP program is an error that names the
+// program: fastntp never replaces another's.
 func Attach(cfg Config) (*Path, error) {
 	if len(cfg.Devices) == 0 {
 		return nil, errors.New("xdp: no device")
